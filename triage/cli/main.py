@@ -1,0 +1,140 @@
+"""The `triage` command. Each subcommand imports its package lazily so that start-up stays fast."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from triage import __version__
+
+app = typer.Typer(
+    name="triage",
+    help="Pneumothorax triage for chest radiographs: synthesize studies, train, export, predict, serve.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def fail(command: str, message: str) -> NoReturn:
+    """Print a one-line error for `command` and exit with status 2 (bad usage or input)."""
+    typer.echo(f"triage {command}: error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Argument(help="Output folder (SIIM-ACR layout).")],
+    studies: Annotated[int, typer.Option(help="Number of studies (one image each).")] = 100,
+    positive_fraction: Annotated[float, typer.Option(help="Fraction with a pneumothorax, 0..1.")] = 0.22,
+    size: Annotated[int, typer.Option(help="Image side in pixels, 128..4096.")] = 1024,
+    seed: Annotated[int, typer.Option(help="Seed; the same seed gives the same files.")] = 0,
+    workers: Annotated[int, typer.Option(help="Worker processes; 0 = one per available core.")] = 0,
+    compression: Annotated[str, typer.Option(help="Transfer syntax: none, rle or j2k (lossless).")] = "none",
+    pleural_contrast: Annotated[
+        float | None, typer.Option(help="Visceral pleural line brightness (difficulty).")
+    ] = None,
+    marking_density: Annotated[float | None, typer.Option(help="Lung markings, 0..3 (1 = default).")] = None,
+    noise: Annotated[float | None, typer.Option(help="Noise sigma in display units at 1024 px.")] = None,
+    drain_positive: Annotated[float | None, typer.Option(help="P(chest drain | pneumothorax).")] = None,
+    drain_negative: Annotated[float | None, typer.Option(help="P(chest drain | no pneumothorax).")] = None,
+    contact_sheet: Annotated[
+        Path | None, typer.Option(help="Also render a PNG contact sheet of the set to this path.")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Replace an earlier synthetic set in OUT.")] = False,
+) -> None:
+    """Synthesize chest-radiograph studies (DICOM, masks, labels) from a procedural phantom."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from triage.synth.config import ConfigError, PhantomConfig
+    from triage.synth.dataset import SynthRequest, default_workers, synthesize
+
+    knobs = {
+        "pleural_line_contrast": pleural_contrast,
+        "marking_density": marking_density,
+        "noise": noise,
+        "drain_given_positive": drain_positive,
+        "drain_given_negative": drain_negative,
+        "compression": compression,
+    }
+    if workers < 0:
+        fail("synth", f"--workers must be 0 (auto) or a positive count, got {workers}")
+    try:
+        config = PhantomConfig.from_dict({k: v for k, v in knobs.items() if v is not None})
+        req = SynthRequest(out, studies, positive_fraction, size, seed, config)
+    except ConfigError as exc:
+        fail("synth", str(exc))
+    n_workers = min(workers or default_workers(), studies)
+    columns = (TextColumn("synth"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, transient=False) as progress:
+        task = progress.add_task("synth", total=studies)
+        try:
+            rows = synthesize(req, workers=n_workers, force=force, on_study=lambda _: progress.advance(task))
+        except ConfigError as exc:
+            progress.stop()
+            fail("synth", str(exc))
+    positives = sum(int(r["label"]) for r in rows)
+    typer.echo(f"wrote {len(rows)} studies ({positives} with pneumothorax) to {out}")
+    if contact_sheet is not None:
+        from triage.synth.contact_sheet import render_contact_sheet
+
+        render_contact_sheet(out, contact_sheet)
+        typer.echo(f"contact sheet: {contact_sheet}")
+
+
+@app.command("contact-sheet")
+def contact_sheet_cmd(
+    data: Annotated[Path, typer.Argument(help="A folder written by `triage synth`.")],
+    out: Annotated[Path, typer.Argument(help="PNG file to write.")],
+    n: Annotated[int, typer.Option(help="Number of tiles.")] = 16,
+    columns: Annotated[int, typer.Option(help="Tiles per row.")] = 4,
+    tile: Annotated[int, typer.Option(help="Tile side in pixels.")] = 320,
+    outline: Annotated[bool, typer.Option(help="Outline the pneumothorax masks.")] = True,
+) -> None:
+    """Render a PNG grid of a synthetic set's images, with pneumothorax outlines."""
+    from triage.synth.contact_sheet import render_contact_sheet
+
+    if not (data / "metadata.csv").exists():
+        fail("contact-sheet", f"{data} has no metadata.csv; point it at a folder written by `triage synth`")
+    if n < 1 or columns < 1 or tile < 64:
+        fail("contact-sheet", f"need --n >= 1, --columns >= 1, --tile >= 64; got {n}, {columns}, {tile}")
+    render_contact_sheet(data, out, n=n, columns=columns, tile=tile, outline=outline)
+    typer.echo(f"contact sheet: {out}")
+
+
+@app.command()
+def folds(
+    data: Annotated[Path, typer.Argument(help="A synthetic set (metadata.csv) to split.")],
+    k: Annotated[int, typer.Option("--folds", help="Number of folds.")] = 5,
+    seed: Annotated[int, typer.Option(help="Shuffling seed.")] = 0,
+    out: Annotated[Path | None, typer.Option(help="CSV to write; default DATA/folds.csv.")] = None,
+) -> None:
+    """Patient-level stratified K-fold split of a data set, saved to CSV (needs the training extra)."""
+    try:
+        from training.folds import make_folds, write_folds_csv
+    except ImportError as exc:
+        fail("folds", f"needs scikit-learn: pip install 'triage[training]' ({exc})")
+    from triage.synth.dataset import read_metadata
+
+    if not (data / "metadata.csv").exists():
+        fail("folds", f"{data} has no metadata.csv")
+    table = [(r["image_id"], r["patient_id"], int(r["label"])) for r in read_metadata(data)]
+    try:
+        assignment = make_folds(table, k=k, seed=seed)
+    except ValueError as exc:
+        fail("folds", str(exc))
+    target = out or data / "folds.csv"
+    write_folds_csv(target, table, assignment)
+    typer.echo(f"wrote {k} patient-level folds of {len(table)} images to {target}")
+
+
+if __name__ == "__main__":
+    app()
