@@ -52,7 +52,7 @@ class Habitus:
             heart_scale=float(rng.normal(1.0, 0.08)),
             hilum_y=float(rng.normal(0.40, 0.015)),
             rib_spacing=float(rng.uniform(0.054, 0.062)),
-            rib_width=float(rng.uniform(0.016, 0.021)),
+            rib_width=float(rng.uniform(0.014, 0.018)),
             female=bool(rng.random() < 0.5),
             gastric_bubble=bool(rng.random() < 0.6),
         )
@@ -171,7 +171,11 @@ def _ribs(side: Side, h: Habitus) -> tuple[list[Rib], list[Rib]]:
         reach = h.lateral_u + 0.035 if k > 0 else 0.20
         drop = 0.055 + 0.012 * k
         path = cubic(
-            pt(0.035, y0), pt(0.12, y0 - 0.04), pt(reach + 0.02, y0 - 0.005), pt(reach, y0 + drop), 40
+            pt(0.035, y0),
+            pt(0.11, y0 - 0.035),
+            pt(reach + 0.025, y0 + 0.02),
+            pt(reach - 0.01, y0 + drop + 0.05),
+            40,
         )
         posterior.append(Rib(path, h.rib_width * (0.8 if k == 0 else 1.0)))
     anterior = []

@@ -86,7 +86,8 @@ def _sharp_layers(case: Case, n: int) -> FloatImage:
     if case.pneumothorax is not None:
         ptx = polygon_mask(case.pneumothorax.region, n).astype(np.float32)
 
-    post, ant, bones, spine, soft, airway, vessels, devices = (Canvas(n) for _ in range(8))
+    post, ant, bones, spine, soft, airway, devices = (Canvas(n) for _ in range(7))
+    vessels = Canvas(n // 2)  # drawn at half resolution: upsampling softens them like real markings
     for rib in a.posterior_ribs:
         post.polyline(rib.path, rib.width, 1.0)
         post.polyline(rib.path, rib.width * 0.55, 0.72)  # cortical rims brighter than the medulla
@@ -146,7 +147,7 @@ def _sharp_layers(case: Case, n: int) -> FloatImage:
         + 0.10 * spine.array()
         + 0.12 * soft.array()
         - 0.14 * airway.array()
-        + 0.16 * cfg.marking_density * vessels.array() * open_lung
+        + 0.17 * cfg.marking_density * resize(vessels.array(), n) * open_lung
         - cfg.ptx_lucency * ptx
         + devices.array()
     )

@@ -1,0 +1,103 @@
+# triage: developer entry points. GNU make; the virtual environment is .venv in the repo root.
+#
+#   make demo    synthesize 24 studies and a contact sheet into demo-out/
+#   make test    lint, then the test suite (pytest -n auto)
+#   make lint    ruff check . and mypy (strict on triage/)
+#   make bench   benchmarks/bench_synth.py
+#   make lock    regenerate constraints.txt (full lock of .[training,serving,dev], Python 3.11)
+#   make clean   remove .venv and demo-out
+#
+# Installs are pip with the lock as constraints, and remembered by a stamp file per extras set,
+# .venv/.installed-<extras> (extras joined by '-'; no extras: .venv/.installed-), which is redone
+# only when pyproject.toml or constraints.txt changes.
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DELETE_ON_ERROR:
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CONSTRAINTS := constraints.txt
+
+# Extras that `make test` and `make lint` install (comma-separated, as pip writes them).
+# torch is not needed by the current tests; add `training` here when tests need it.
+TEST_EXTRAS := dev,serving
+# `make demo` and `make bench` need only the runtime (no extras).
+RUNTIME_EXTRAS :=
+
+comma := ,
+# $(call stamp,EXTRAS): the stamp file for a comma-separated extras list.
+stamp = $(VENV)/.installed-$(subst $(comma),-,$(1))
+
+TEST_STAMP := $(call stamp,$(TEST_EXTRAS))
+RUNTIME_STAMP := $(call stamp,$(RUNTIME_EXTRAS))
+
+DEMO_OUT := demo-out
+
+.PHONY: help test lint demo bench lock clean dcmtk
+
+help:
+	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
+
+# --- environment -------------------------------------------------------------------------------
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Stamp for a non-empty extras set: the stem is the extras joined by '-'.
+$(VENV)/.installed-%: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(BIN)/pip install --no-input -c $(CONSTRAINTS) -e '.[$(subst -,$(comma),$*)]'
+	touch $@
+
+# Stamp for the runtime alone (a pattern rule cannot have an empty stem).
+$(VENV)/.installed-: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(BIN)/pip install --no-input -c $(CONSTRAINTS) -e .
+	touch $@
+
+# dcmtk (dcmdump, ...) is used by the DICOM interoperability tests.
+dcmtk:
+	@if ! command -v dcmdump >/dev/null 2>&1; then \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	        echo "dcmdump not found: installing Debian package dcmtk"; \
+	        export DEBIAN_FRONTEND=noninteractive; \
+	        apt-get update -q && apt-get install -y -q --no-install-recommends dcmtk; \
+	    else \
+	        echo "hint: dcmdump not found; install dcmtk (sudo apt-get install --no-install-recommends dcmtk) - tests that need it will not run"; \
+	    fi; \
+	fi
+
+# --- checks ------------------------------------------------------------------------------------
+
+lint: $(TEST_STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+# pytest exits 5 when it collected no tests: that is a failure here, with a message saying so.
+test: $(TEST_STAMP) dcmtk lint
+	@rc=0; $(BIN)/pytest -n auto || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "ERROR: pytest collected no tests (exit 5)" >&2; fi; \
+	exit $$rc
+
+# --- demo, benchmarks --------------------------------------------------------------------------
+
+demo: $(RUNTIME_STAMP)
+	rm -rf $(DEMO_OUT)/studies $(DEMO_OUT)/contact_sheet.png
+	$(BIN)/triage synth $(DEMO_OUT)/studies --studies 24 --seed 7 --contact-sheet $(DEMO_OUT)/contact_sheet.png
+	@echo
+	@echo "Demo outputs:"
+	@echo "  studies:       $(CURDIR)/$(DEMO_OUT)/studies/"
+	@echo "  contact sheet: $(CURDIR)/$(DEMO_OUT)/contact_sheet.png"
+
+bench: $(RUNTIME_STAMP)
+	$(BIN)/python benchmarks/bench_synth.py
+
+# --- lock, clean -------------------------------------------------------------------------------
+
+# Regenerates constraints.txt in a temp venv (several minutes, ~6.5 GB of temp disk for CUDA torch).
+lock:
+	PYTHON=$(PYTHON) bash tools/lock.sh $(CONSTRAINTS)
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT)
