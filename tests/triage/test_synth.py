@@ -241,3 +241,17 @@ def test_every_dicom_reads_with_dcmdump(tmp_path: Path, compression: str) -> Non
     assert not [ln for ln in proc.stderr.splitlines() if ln[:2] in ("E:", "W:", "F:")], proc.stderr
     for f in files:
         assert read_dicom(f).pixels.shape == (128, 128)
+
+
+def test_folds_command_splits_by_patient(dataset: Path, tmp_path: Path) -> None:
+    target = tmp_path / "folds.csv"
+    result = runner.invoke(app, ["folds", str(dataset), "--folds", "3", "--out", str(target)])
+    assert result.exit_code == 0, result.output
+    lines = target.read_text().splitlines()
+    assert lines[0] == "image_id,patient_id,label,fold"
+    fold_of_patient: dict[str, set[str]] = {}
+    for line in lines[1:]:
+        _, patient, _, fold = line.split(",")
+        fold_of_patient.setdefault(patient, set()).add(fold)
+    assert len(lines) - 1 == 24 and all(len(f) == 1 for f in fold_of_patient.values())
+    assert {f for folds in fold_of_patient.values() for f in folds} == {"0", "1", "2"}
