@@ -15,7 +15,7 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
-from triage.io.dicom import read_dicom, to_display
+from triage.io.dicom import read_dicom, read_image, to_display
 from triage.synth import dicom_writer
 from triage.synth.dicom_writer import (
     Acquisition,
@@ -258,3 +258,110 @@ def test_independent_decoders_agree(written: dict[str, Path]) -> None:
         ds = pydicom.dcmread(path)
         ds.pixel_array_options(decoding_plugin=plugin)
         assert np.array_equal(ds.pixel_array, reference), name
+
+
+# --- read_image: the display pipeline on messy headers -------------------------------------------------
+
+
+def _cr(photometric: Photometric = "MONOCHROME2") -> pydicom.Dataset:
+    """A 12-bit CR of the phantom; stored values 0..4095, full-range window, slope 1, intercept 0."""
+    return build_dataset(phantom(), Acquisition("CR", photometric, "PA", 0.1), identity())
+
+
+def _read(ds: pydicom.Dataset, tmp_path: Path) -> np.ndarray:
+    path = tmp_path / "case.dcm"
+    write_dataset(ds, path)
+    return read_image(path).pixels
+
+
+def _stored(ds: pydicom.Dataset) -> np.ndarray:
+    return np.frombuffer(ds.PixelData, "<u2").reshape(SIZE, SIZE).astype(np.float64)
+
+
+@pytest.mark.parametrize("photometric", PHOTOMETRICS)
+def test_voi_lut_is_normalised_by_its_data_not_its_declared_bits(
+    photometric: Photometric, tmp_path: Path
+) -> None:
+    """A 12-bit identity VOI LUT declared 16 bits: dividing by 2**16 - 1 would give a black image."""
+    ds = _cr(photometric)
+    item = pydicom.Dataset()
+    item.LUTDescriptor = [4096, 0, 16]
+    item.add_new("LUTData", "OW", np.arange(4096, dtype="<u2").tobytes())
+    ds.VOILUTSequence = pydicom.Sequence([item])
+    expected = _stored(ds) / 4095
+    pixels = _read(ds, tmp_path)
+    assert float(np.abs(pixels - (1 - expected if photometric == "MONOCHROME1" else expected)).max()) < 1e-6
+    assert float(np.abs(pixels - phantom()).max()) <= TOL
+
+
+def test_signed_pixels_with_garbage_high_bits(tmp_path: Path) -> None:
+    ds = _cr()
+    values = np.linspace(-2048, 2047, SIZE * SIZE).round().astype(np.int16).reshape(SIZE, SIZE)
+    ds.PixelRepresentation = 1
+    ds.PixelData = ((values.view(np.uint16) & 0x0FFF) | 0xA000).astype("<u2").tobytes()  # bits 12-15 junk
+    ds.WindowCenter, ds.WindowWidth = 0, 4096  # modality −2048..2047 → 0..1
+    expected = (values.astype(np.float64) + 2048 - 0.5) / 4095 + 0.5 / 4095
+    assert float(np.abs(_read(ds, tmp_path) - np.clip(expected, 0, 1)).max()) < 1e-3
+    del ds.WindowCenter, ds.WindowWidth  # no VOI: min–max of the modality values
+    expected = (values - values.min()) / float(values.max() - values.min())
+    assert float(np.abs(_read(ds, tmp_path) - expected).max()) < 1e-6
+
+
+def test_unsigned_garbage_high_bits_are_ignored(tmp_path: Path) -> None:
+    ds = _cr()
+    clean = _read(ds, tmp_path)
+    ds.PixelData = (np.frombuffer(ds.PixelData, "<u2") | 0xF000).astype("<u2").tobytes()
+    assert np.array_equal(_read(ds, tmp_path), clean)
+
+
+def test_first_of_several_windows_is_used(tmp_path: Path) -> None:
+    ds = _cr()
+    ds.WindowCenter, ds.WindowWidth = 1000, 1500
+    single = _read(ds, tmp_path)
+    ds.WindowCenter, ds.WindowWidth = [1000, 3000], [1500, 200]
+    assert np.array_equal(_read(ds, tmp_path), single)
+    assert 0.0 < float(single.mean()) < 1.0
+
+
+@pytest.mark.parametrize("width", [1, 0, -5])
+def test_window_width_up_to_1_falls_back_to_min_max(width: int, tmp_path: Path) -> None:
+    ds = _cr()
+    ds.WindowWidth = width
+    stored = _stored(ds)
+    expected = (stored - stored.min()) / (stored.max() - stored.min())
+    assert float(np.abs(_read(ds, tmp_path) - expected).max()) < 1e-6
+
+
+@pytest.mark.parametrize("photometric", PHOTOMETRICS)
+def test_constant_image_without_window_is_all_zeros(photometric: Photometric, tmp_path: Path) -> None:
+    ds = build_dataset(
+        np.full((SIZE, SIZE), 0.4, np.float32), Acquisition("CR", photometric, "PA", 0.1), identity()
+    )
+    del ds.WindowCenter, ds.WindowWidth
+    pixels = _read(ds, tmp_path)
+    assert pixels.dtype == np.float32 and not pixels.any()
+
+
+def test_monochrome1_without_presentation_lut_shape_under_default_policy(tmp_path: Path) -> None:
+    acq = Acquisition("CR", "MONOCHROME1", "AP", 0.1, presentation_lut_shape=False)
+    assert float(np.abs(_read(build_dataset(phantom(), acq, identity()), tmp_path) - phantom()).max()) <= TOL
+
+
+def test_header_spacing_and_shape(tmp_path: Path) -> None:
+    ds = _cr()
+    path = tmp_path / "case.dcm"
+    write_dataset(ds, path)
+    image = read_image(path)
+    assert (image.rows, image.columns, image.decoder) == (SIZE, SIZE, "native")
+    assert (image.pixel_spacing_mm, image.spacing_source) == ((0.1, 0.1), "ImagerPixelSpacing")
+    assert "PixelData" not in image.dataset and image.dataset.SOPInstanceUID == image.sop_uid
+    del ds.ImagerPixelSpacing
+    ds.PixelSpacing = [0.2, 0.3]
+    write_dataset(ds, path)
+    assert (read_image(path).pixel_spacing_mm, read_image(path).spacing_source) == (
+        (0.2, 0.3),
+        "PixelSpacing",
+    )
+    del ds.PixelSpacing
+    write_dataset(ds, path)
+    assert (read_image(path).pixel_spacing_mm, read_image(path).spacing_source) == (None, "none")

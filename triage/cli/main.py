@@ -136,5 +136,47 @@ def folds(
     typer.echo(f"wrote {k} patient-level folds of {len(table)} images to {target}")
 
 
+@app.command()
+def predict(
+    paths: Annotated[list[str], typer.Argument(help="DICOM files, folders (recursive) or globs.")],
+    model: Annotated[Path, typer.Option("--model", "-m", help="Model bundle folder (card.json + models).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    tta: Annotated[bool, typer.Option(help="Test-time augmentation as the bundle's card lists.")] = True,
+    saliency: Annotated[bool, typer.Option(help="Saliency (CAM, and the saliency model if any).")] = True,
+    output_format: Annotated[
+        str, typer.Option("--format", help="Comma-separated outputs: png, seg, sc, sr.")
+    ] = "png,seg,sc",
+    batch_size: Annotated[int, typer.Option(help="Images per model call.")] = 8,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    threads: Annotated[int, typer.Option(help="ONNX Runtime threads; 0 = the cores available.")] = 0,
+    any_modality: Annotated[bool, typer.Option(help="Accept modalities other than CR / DX.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue a batch in OUT, skipping finished inputs.")] = False,
+) -> None:
+    """Triage chest radiographs: gate, segment, threshold, saliency; results.jsonl, worklist.csv, DICOM."""
+    from triage.cascade.predict import PredictOptions
+    from triage.cli.predict_cmd import run_predict
+    from triage.io.dicom import ReadPolicy
+
+    formats = frozenset(f.strip() for f in output_format.split(",") if f.strip())
+    if device not in ("auto", "cpu", "cuda"):
+        fail("predict", f"--device must be auto, cpu or cuda, got {device!r}")
+    if threads < 0:
+        fail("predict", f"--threads must be 0 (auto) or positive, got {threads}")
+    try:
+        options = PredictOptions(
+            tta=tta,
+            saliency=saliency,
+            formats=formats,
+            batch_size=batch_size,
+            policy=ReadPolicy(any_modality=any_modality),
+            device=device,  # type: ignore[arg-type]
+            threads=threads or None,
+            resume=resume,
+        )
+    except ValueError as exc:
+        fail("predict", str(exc))
+    raise typer.Exit(run_predict(paths, model, out, options))
+
+
 if __name__ == "__main__":
     app()

@@ -1,15 +1,20 @@
-"""The one DICOM pixel reader of the product: stored values → display-ready float image.
+"""The one DICOM reader of the product: file → validated header + display-ready float image.
 
-Pipeline (PS3.3 C.11): stored values → modality LUT (ModalityLUTSequence or RescaleSlope/Intercept) →
-VOI (VOILUTSequence preferred, else the first WindowCenter/Width; neither: min–max of the modality values)
-→ normalise to [0, 1] by the VOI output range → inversion.
+:func:`read_image` raises only TriageError; checks run cheapest first: NOT_FOUND / UNREADABLE / NOT_DICOM /
+TRUNCATED (file layer: :func:`triage.io.inputs.open_dataset`) → UNSUPPORTED_MODALITY → NO_PIXEL_DATA →
+UNSUPPORTED_PHOTOMETRIC → MULTI_FRAME → TOO_SMALL → INVALID_UID → MISSING_CODEC → TRUNCATED (Pixel Data
+shorter than Rows×Columns×BitsAllocated) → DECODE_FAILED (also: anything raised inside pydicom); other
+surprises are INTERNAL.  Messages name the bad value, never the path (folders can carry patient names).
 
-Inversion rule: the image is inverted when PhotometricInterpretation is MONOCHROME1, whether or not
-(2050,0020) PresentationLUTShape is present (CR MONOCHROME1 files without it are common and must not be
-read as MONOCHROME2), and also when a MONOCHROME2 image says PresentationLUTShape INVERSE.  MONOCHROME1 with
-INVERSE (what the DX IOD requires) is inverted once, not twice.
+Pixels: stored → modality LUT → VOI → [0, 1] by the VOI output range → inversion (PS3.3 C.11).  VOI is
+the first usable of: VOILUTSequence item 0, normalised by the max of its LUT data, not 2**bits of
+LUTDescriptor (12-bit LUTs declared 16-bit are common); the first WindowCenter/Width pair (width ≤ 1 is
+ignored); min–max of the modality values.  A constant result gives all zeros (a warning).  MONOCHROME1
+is inverted after VOI with or without PresentationLUTShape, MONOCHROME2 + INVERSE too, never twice.
 
-Only single-frame grayscale (SamplesPerPixel 1, MONOCHROME1/2) is supported for now.
+Plugins (:data:`_PLUGIN_ORDER`): GDCM only where nothing else decodes (JPEG lossless) or is installed,
+never after another decoder rejected the data, because GDCM aborts the process on some corrupt streams;
+12-bit JPEG Extended needs the GPL pylibjpeg-libjpeg, deliberately not shipped: MISSING_CODEC.
 """
 
 from __future__ import annotations
@@ -20,21 +25,65 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
+from pydicom import uid as uids
+from pydicom.encaps import generate_frames
+from pydicom.multival import MultiValue
+from pydicom.pixels.decoders.base import get_decoder
+from pydicom.pixels.processing import apply_modality_lut, apply_voi, apply_windowing
+from pydicom.pixels.utils import _get_jpg_parameters, pixel_array  # the former: pydicom's own JPEG parser
+from pydicom.uid import UID
+
+from triage.errors import ErrorCode, TriageError
+from triage.io.inputs import FATAL, open_dataset, text_value, unforeseen_error
+from triage.io.inputs import read_header as read_header  # re-exported: the reader's header-only form
 
 logger = logging.getLogger(__name__)
 
 GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
+_DX_PRESENTATION = uids.DigitalXRayImageStorageForPresentation
+_DX_PROCESSING = uids.DigitalXRayImageStorageForProcessing
+ACCEPTED = f"Modality CR, or Modality DX with SOP class {_DX_PRESENTATION.name} ({_DX_PRESENTATION})"
+_HINT = "pass --any-modality (ReadPolicy(any_modality=True)) to read it anyway"
+_JPEG = (uids.JPEGBaseline8Bit, uids.JPEGExtended12Bit, uids.JPEGLossless, uids.JPEGLosslessSV1)
+_JPEG_LS = (uids.JPEGLSLossless, uids.JPEGLSNearLossless)
+_J2K = (uids.JPEG2000Lossless, uids.JPEG2000, uids.HTJ2KLossless, uids.HTJ2KLosslessRPCL, uids.HTJ2K)
+# GDCM aborts the process (C++ exceptions through C) on some corrupt streams: decoders that raise go first.
+_PLUGIN_ORDER: dict[str, tuple[str, ...]] = {
+    **{ts: ("pillow", "gdcm") for ts in (uids.JPEGBaseline8Bit, uids.JPEGExtended12Bit)},
+    **{ts: ("gdcm",) for ts in (uids.JPEGLossless, uids.JPEGLosslessSV1)},  # the only non-GPL decoder
+    **{ts: ("pyjpegls", "gdcm") for ts in _JPEG_LS},
+    **{ts: ("pylibjpeg", "pillow", "gdcm") for ts in _J2K},
+    uids.RLELossless: ("pylibjpeg", "pydicom"),
+}
+_PACKAGES: dict[str, str] = {
+    **{ts: "python-gdcm" for ts in (*_JPEG, *_JPEG_LS)},
+    **{ts: "pylibjpeg and pylibjpeg-openjpeg" for ts in _J2K},
+    uids.RLELossless: "pylibjpeg and pylibjpeg-rle",
+}
+
+
+@dataclass(frozen=True)
+class ReadPolicy:
+    """``any_modality`` lifts the CR / DX-for-presentation rule; ``min_size``: minimum Rows and Columns."""
+
+    any_modality: bool = False
+    min_size: int = 128
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.min_size, int) or self.min_size < 1:
+            raise ValueError(f"min_size={self.min_size!r} must be an integer >= 1")
+
+
+DEFAULT_POLICY = ReadPolicy()
+LENIENT_POLICY = ReadPolicy(any_modality=True, min_size=1)
 
 
 @dataclass(frozen=True)
 class DicomImage:
-    """A decoded single-frame grayscale image.
-
-    ``pixels`` is float32 HxW in [0, 1], 1 = bright on a standard display (bone), after modality LUT →
-    VOI → MONOCHROME1 inversion.  ``pixel_spacing_mm`` is (row, column) spacing in mm from
-    ImagerPixelSpacing, else PixelSpacing, else None.
-    """
+    """A decoded single-frame grayscale image: ``pixels`` float32 (rows, columns) in [0, 1], 1 = bright on a
+    standard display (bone); ``pixel_spacing_mm`` (row, column) in mm from ImagerPixelSpacing, else
+    PixelSpacing, else None, as ``spacing_source`` says ("none" for None); ``dataset`` the header without
+    Pixel Data (for DICOM SEG / SC); ``decoder`` the pydicom plugin used ("native" when uncompressed)."""
 
     pixels: np.ndarray
     study_uid: str
@@ -45,107 +94,304 @@ class DicomImage:
     view: str | None
     pixel_spacing_mm: tuple[float, float] | None
     transfer_syntax: str
+    dataset: pydicom.Dataset
+    rows: int
+    columns: int
+    spacing_source: str
+    decoder: str
 
 
-def _check_supported(ds: pydicom.Dataset) -> None:
-    """Raise ValueError naming the value unless ``ds`` holds one grayscale frame of integer pixel data."""
+def _int(ds: pydicom.Dataset, keyword: str, default: int | None = None) -> int:
+    """``keyword`` as an int; DECODE_FAILED naming the value if it is missing (no default) or not one."""
+    try:
+        value = ds.get(keyword)
+        return default if value in (None, "") and default is not None else int(value)
+    except Exception as exc:
+        raise TriageError(
+            ErrorCode.DECODE_FAILED, f"{keyword}={text_value(ds, keyword)!r} is missing or not an integer"
+        ) from exc
+
+
+def _check_modality(ds: pydicom.Dataset) -> None:
+    sop, modality = text_value(ds, "SOPClassUID"), text_value(ds, "Modality")
+    intent = text_value(ds, "PresentationIntentType").upper()
+    found = f"Modality={modality!r}, SOPClassUID={sop!r} ({UID(sop).name if sop else 'missing'})"
+    if sop == _DX_PROCESSING or intent == "FOR PROCESSING":
+        found += (
+            f", PresentationIntentType={intent!r} is DX 'for processing': raw detector data, not for display;"
+        )
+    elif modality == "CR" or (modality == "DX" and sop == _DX_PRESENTATION):
+        return
+    raise TriageError(ErrorCode.UNSUPPORTED_MODALITY, f"{found} not accepted; accepted: {ACCEPTED}; {_HINT}")
+
+
+def _check_pixel_module(ds: pydicom.Dataset) -> None:
+    """NO_PIXEL_DATA, UNSUPPORTED_PHOTOMETRIC, MULTI_FRAME or DECODE_FAILED, naming the value."""
     if "PixelData" not in ds:
-        raise ValueError("dataset has no (7FE0,0010) Pixel Data; only integer Pixel Data is supported")
-    photometric = str(ds.get("PhotometricInterpretation", ""))
-    if photometric not in GRAYSCALE:
-        raise ValueError(f"PhotometricInterpretation={photometric!r} is not supported; valid: {GRAYSCALE}")
-    samples = int(ds.get("SamplesPerPixel", 1))
-    if samples != 1:
-        raise ValueError(f"SamplesPerPixel={samples} is not supported; valid: 1 (grayscale)")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+        sop, floats = text_value(ds, "SOPClassUID"), "FloatPixelData" in ds or "DoubleFloatPixelData" in ds
+        what = "only float Pixel Data" if floats else f"SOP class {UID(sop).name if sop else 'missing'}"
+        raise TriageError(ErrorCode.NO_PIXEL_DATA, f"no (7FE0,0010) Pixel Data ({what}); an image is needed")
+    photometric, samples = text_value(ds, "PhotometricInterpretation"), _int(ds, "SamplesPerPixel", 1)
+    if photometric not in GRAYSCALE or samples != 1:
+        message = (
+            f"PhotometricInterpretation={photometric!r} with SamplesPerPixel={samples} is not supported; "
+            f"valid: {' or '.join(GRAYSCALE)} with SamplesPerPixel=1 (grayscale)"
+        )
+        raise TriageError(ErrorCode.UNSUPPORTED_PHOTOMETRIC, message)
+    frames = _int(ds, "NumberOfFrames", 1)
     if frames != 1:
-        raise ValueError(f"NumberOfFrames={frames} is not supported; valid: 1 (single frame)")
+        code = ErrorCode.MULTI_FRAME if frames > 1 else ErrorCode.DECODE_FAILED
+        message = (
+            f"NumberOfFrames={frames}: the file holds {frames} frames; valid: 1 (single-frame radiographs)"
+        )
+        raise TriageError(code, message)
 
 
-def _has_window(ds: pydicom.Dataset) -> bool:
-    return ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None
+def _check_header(ds: pydicom.Dataset, policy: ReadPolicy) -> tuple[int, int]:
+    """Modality, pixel module, size and UIDs; returns (rows, columns)."""
+    if not policy.any_modality:
+        _check_modality(ds)
+    _check_pixel_module(ds)
+    rows, columns = _int(ds, "Rows"), _int(ds, "Columns")
+    if min(rows, columns) < policy.min_size:
+        message = f"image is {rows}×{columns} (Rows×Columns); the minimum is {policy.min_size} on each side"
+        raise TriageError(ErrorCode.TOO_SMALL, message)
+    for keyword in ("StudyInstanceUID", "SOPInstanceUID"):
+        if not UID(value := text_value(ds, keyword)).is_valid:
+            message = (
+                f"{keyword}={value!r} is {'not a valid DICOM UID' if value else 'missing'} (valid: up to 64 "
+                "digits and dots, no empty or zero-led components); output paths are built from it"
+            )
+            raise TriageError(ErrorCode.INVALID_UID, message)
+    return rows, columns
 
 
-def _has_voi_lut(ds: pydicom.Dataset) -> bool:
-    seq = ds.get("VOILUTSequence")
-    return bool(seq) and None not in (seq[0].get("LUTDescriptor"), seq[0].get("LUTData"))
+def _check_codec(ds: pydicom.Dataset, ts: UID) -> None:
+    """MISSING_CODEC (naming the syntax and the package) unless an installed plugin decodes ``ts``."""
+    named = f"Pixel Data compressed with {ts.name} ({ts})"
+    try:
+        decoder = get_decoder(ts) if ts.is_compressed else None
+    except (ValueError, NotImplementedError) as exc:
+        message = (
+            f"{named}: pydicom has no decoder for it ({exc}); convert it to Explicit VR Little Endian first"
+        )
+        raise TriageError(ErrorCode.MISSING_CODEC, message) from exc
+    if decoder is None:
+        return
+    bits = _int(ds, "BitsStored", 8)
+    if ts == uids.JPEGExtended12Bit and bits > 8 and "pylibjpeg" not in decoder.available_plugins:
+        message = (
+            f"{named}, BitsStored={bits}: GDCM and Pillow decode only 8-bit JPEG Extended and the GPL "
+            "pylibjpeg-libjpeg is deliberately not shipped; convert it first (DCMTK: dcmdjpeg in.dcm out.dcm)"
+        )
+        raise TriageError(ErrorCode.MISSING_CODEC, message)
+    if not decoder.is_available:
+        missing = [d for d in decoder.missing_dependencies if "pylibjpeg-libjpeg" not in d]
+        package = _PACKAGES.get(ts, " or ".join(missing) or "a pydicom decoder plugin")
+        reported = "; ".join(missing) or "no licence-compatible plugin"
+        message = f"{named}: no installed decoder; install {package} (pydicom reports missing: {reported})"
+        raise TriageError(ErrorCode.MISSING_CODEC, message)
+
+
+def _jpeg_segments_ok(frame: bytes) -> bool:
+    """SOI, then well-formed marker segments up to SOS: the part of a JPEG(-LS) stream GDCM trusts."""
+    i = 2
+    while frame[:2] == b"\xff\xd8" and i + 4 <= len(frame) and frame[i] == 0xFF:
+        if frame[i + 1] == 0xDA:
+            return True
+        i += 2 + int.from_bytes(frame[i + 2 : i + 4], "big")
+    return False
+
+
+def _check_pixel_data_size(ds: pydicom.Dataset, ts: UID, rows: int, columns: int) -> None:
+    """TRUNCATED when native Pixel Data is shorter than Rows×Columns×BitsAllocated; DECODE_FAILED when a
+    JPEG / JPEG-LS / J2K codestream's header is damaged or disagrees with the data set (GDCM aborts the
+    process on such streams instead of raising)."""
+    bits = _int(ds, "BitsAllocated")
+    if bits not in (1, 8, 16, 32, 64):
+        raise TriageError(
+            ErrorCode.DECODE_FAILED, f"BitsAllocated={bits} is invalid; valid: 1, 8, 16, 32, 64"
+        )
+    if not ts.is_encapsulated and (actual := len(ds.PixelData)) < (
+        expected := (rows * columns * bits + 7) // 8
+    ):
+        needs = f"Rows×Columns×BitsAllocated={rows}×{columns}×{bits} needs {expected}"
+        raise TriageError(ErrorCode.TRUNCATED, f"Pixel Data holds {actual} bytes; {needs}")
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1)) if ts in _PLUGIN_ORDER else b""
+    shape: tuple[object, object] = (None, None)
+    if frame[:4] == b"\xff\x4f\xff\x51" and len(frame) >= 24:  # J2K SOC, SIZ: width, height, x0, y0
+        x, y, x0, y0 = (int.from_bytes(frame[i : i + 4], "big") for i in (8, 12, 16, 20))
+        shape = (y - y0, x - x0)
+    elif ts in (*_JPEG, *_JPEG_LS):
+        info = _get_jpg_parameters(frame) if _jpeg_segments_ok(frame) else {}
+        if not 2 <= info.get("precision", 0) <= min(bits, 16) or info.get("components") != 1:
+            raise TriageError(
+                ErrorCode.DECODE_FAILED, f"damaged {ts.name} header (parsed: {info or 'nothing'})"
+            )
+        shape = (info.get("height"), info.get("width"))
+    if all(shape) and shape != (rows, columns):
+        message = f"the {ts.name} codestream is {shape[0]}×{shape[1]} but Rows×Columns is {rows}×{columns}"
+        raise TriageError(ErrorCode.DECODE_FAILED, message)
+
+
+def _decode(ds: pydicom.Dataset, ts: UID) -> tuple[np.ndarray, str]:
+    """(stored values, plugin name), trying plugins in :data:`_PLUGIN_ORDER`; DECODE_FAILED if all fail."""
+    plugins = [""]
+    if ts.is_compressed:
+        available = get_decoder(ts).available_plugins
+        plugins = [p for p in _PLUGIN_ORDER.get(ts, ()) if p in available]
+        plugins += [p for p in available if p not in plugins]
+    errors: list[str] = []
+    for plugin in plugins:
+        if plugin == "gdcm" and errors:  # data another decoder rejected may abort the process in GDCM
+            break
+        try:
+            return pixel_array(ds, decoding_plugin=plugin), plugin or "native"
+        except FATAL:
+            raise
+        except BaseException as exc:  # Rust codecs raise PanicException, a BaseException
+            errors.append(f"{plugin or 'native'}: {type(exc).__name__}: {' '.join(str(exc).split())}")
+    raise TriageError(
+        ErrorCode.DECODE_FAILED, f"{ts.name} ({ts}) Pixel Data cannot be decoded: {' | '.join(errors)}"
+    )
+
+
+def _first_window(ds: pydicom.Dataset) -> bool:
+    """True when the first WindowCenter/WindowWidth pair is usable (finite, width > 1)."""
+    pair = [ds.get("WindowCenter"), ds.get("WindowWidth")]
+    if None in pair:
+        return False
+    try:
+        center, width = (float(v[0] if isinstance(v, MultiValue) else v) for v in pair)
+    except (TypeError, ValueError, IndexError):  # empty or non-numeric DS
+        center, width = np.nan, np.nan
+    if np.isfinite([center, width]).all() and width > 1:
+        return True
+    logger.warning("WindowCenter/Width %s/%s unusable (width must be > 1); using min–max", center, width)
+    return False
 
 
 def _window_output_range(ds: pydicom.Dataset) -> tuple[float, float]:
-    """(y at window bottom, y at window top) of ``apply_windowing``: the modality range of the stored range.
-
-    Mirrors pydicom's ``apply_windowing``; with a negative slope y_min > y_max, which still normalises
-    the window bottom to 0 and its top to 1.
-    """
+    """(y at window bottom, y at window top) of pydicom's ``apply_windowing``: the modality range of the
+    stored range (with a negative slope y_min > y_max, which still maps the window bottom to 0)."""
     if ds.get("ModalityLUTSequence"):
         return 0.0, float(2 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1)
     bits = int(ds.BitsStored)
-    lo, hi = (
-        (0, 2**bits - 1) if int(ds.PixelRepresentation) == 0 else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
-    )
+    signed = int(ds.PixelRepresentation) == 1
+    lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
     if ds.get("RescaleSlope") is not None and ds.get("RescaleIntercept") is not None:
         slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
         return lo * slope + intercept, hi * slope + intercept
     return float(lo), float(hi)
 
 
+def _voi(modality: np.ndarray, ds: pydicom.Dataset) -> tuple[np.ndarray, float, float]:
+    """(VOI output, output shown black, output shown white); see the module docstring."""
+    seq = ds.get("VOILUTSequence")
+    if seq and None not in (seq[0].get("LUTDescriptor"), seq[0].get("LUTData")):
+        try:
+            entries, first = int(seq[0].LUTDescriptor[0]) or 2**16, int(seq[0].LUTDescriptor[1])
+            top = float(np.max(apply_voi(np.arange(first, first + entries), ds, index=0)))
+            if top > 0:
+                values = apply_voi(np.rint(modality).astype(np.int64), ds, index=0)
+                return np.asarray(values, dtype=np.float64), 0.0, top
+            logger.warning("VOI LUT data are all zero; ignoring the VOI LUT")
+        except (ValueError, NotImplementedError, IndexError, TypeError) as exc:
+            logger.warning("VOI LUT unusable (%s: %s); ignoring it", type(exc).__name__, exc)
+    if _first_window(ds):
+        lo, hi = _window_output_range(ds)
+        return np.asarray(apply_windowing(modality, ds, index=0), dtype=np.float64), lo, hi
+    return modality, float(modality.min()), float(modality.max())
+
+
 def _inverts(ds: pydicom.Dataset) -> bool:
     """True for MONOCHROME1 (with or without PresentationLUTShape) and for PresentationLUTShape INVERSE."""
     shape = str(ds.get("PresentationLUTShape", "") or "").strip().upper()
-    return str(ds.PhotometricInterpretation) == "MONOCHROME1" or shape == "INVERSE"
+    return str(ds.PhotometricInterpretation).strip() == "MONOCHROME1" or shape == "INVERSE"
 
 
-def to_display(ds: pydicom.Dataset) -> np.ndarray:
-    """Run the display pipeline on ``ds``: float32 HxW in [0, 1], 1 = bright on a standard display.
-
-    Raises ValueError (naming the value) for anything but single-frame grayscale.
-    """
-    _check_supported(ds)
-    stored = ds.pixel_array
+def _render(stored: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
+    """Stored values (rows, columns) → float32 (rows, columns) in [0, 1]; ValueError naming a bad value."""
     if stored.ndim != 2:
         raise ValueError(f"pixel array shape {stored.shape} is not supported; valid: 2-D (rows, columns)")
     modality = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
-    if _has_voi_lut(ds):
-        values = np.asarray(apply_voi_lut(modality, ds, index=0, prefer_lut=True), dtype=np.float64)
-        lo, hi = 0.0, float(2 ** int(ds.VOILUTSequence[0].LUTDescriptor[2]) - 1)
-    elif _has_window(ds):
-        values = np.asarray(apply_voi_lut(modality, ds, index=0, prefer_lut=True), dtype=np.float64)
-        lo, hi = _window_output_range(ds)
-    else:
-        values = modality
-        lo, hi = float(modality.min()), float(modality.max())
-        logger.debug("no VOI LUT or window; normalising by modality range %s..%s", lo, hi)
+    values, lo, hi = _voi(modality, ds)
+    if not (np.isfinite(values).all() and np.isfinite([lo, hi]).all()):
+        slope, intercept = text_value(ds, "RescaleSlope"), text_value(ds, "RescaleIntercept")
+        raise ValueError(f"non-finite values after modality LUT / VOI ({slope=}, {intercept=})")
     if hi == lo:
-        out = np.zeros(values.shape, dtype=np.float64)
-    else:
-        out = np.clip((values - lo) / (hi - lo), 0.0, 1.0)
-    if _inverts(ds):
-        out = 1.0 - out
-    return out.astype(np.float32)
+        logger.warning("constant image after modality LUT / VOI; returning all zeros")
+        return np.zeros(values.shape, dtype=np.float32)
+    out = np.clip((values - lo) / (hi - lo), 0.0, 1.0)
+    return (1.0 - out if _inverts(ds) else out).astype(np.float32)
 
 
-def _spacing(ds: pydicom.Dataset) -> tuple[float, float] | None:
+def to_display(ds: pydicom.Dataset) -> np.ndarray:
+    """Run the display pipeline on ``ds``: float32 (rows, columns) in [0, 1], 1 = bright on a display.
+
+    Raises ValueError (naming the value) for anything but single-frame grayscale integer Pixel Data.
+    """
+    try:
+        _check_pixel_module(ds)
+    except TriageError as exc:
+        raise ValueError(exc.message) from exc
+    return _render(ds.pixel_array, ds)
+
+
+def _spacing(ds: pydicom.Dataset) -> tuple[tuple[float, float] | None, str]:
+    """((row, column) spacing in mm, source keyword): ImagerPixelSpacing → PixelSpacing → (None, "none")."""
     for keyword in ("ImagerPixelSpacing", "PixelSpacing"):
-        value = ds.get(keyword)
-        if value is not None and len(value) == 2:
-            return float(value[0]), float(value[1])
-    return None
+        try:
+            value = ds.get(keyword)
+            pair = (float(value[0]), float(value[1])) if value is not None and len(value) == 2 else None
+        except (TypeError, ValueError, IndexError):
+            pair = None
+        if pair is not None and np.isfinite(pair).all() and min(pair) > 0:
+            return pair, keyword
+    return None, "none"
+
+
+def read_image(path: Path, policy: ReadPolicy = DEFAULT_POLICY) -> DicomImage:
+    """Read and validate one DICOM radiograph; raises only TriageError (codes: module docstring)."""
+    try:
+        ds = open_dataset(Path(path), stop_before_pixels=False)
+        rows, columns = _check_header(ds, policy)
+        if not (ts := UID(text_value(getattr(ds, "file_meta", pydicom.Dataset()), "TransferSyntaxUID"))):
+            message = "no TransferSyntaxUID and the Pixel Data is encapsulated: the codec is unknown"
+            raise TriageError(ErrorCode.DECODE_FAILED, message)
+        _check_codec(ds, ts)
+        _check_pixel_data_size(ds, ts, rows, columns)
+        stored, plugin = _decode(ds, ts)
+        try:
+            pixels = _render(stored, ds)
+        except (ValueError, TypeError, IndexError, NotImplementedError) as exc:
+            message = f"display pipeline: {type(exc).__name__}: {exc}"
+            raise TriageError(ErrorCode.DECODE_FAILED, message) from exc
+        logger.debug("decoded %s (%s) with %s", ts.name, ts, plugin)
+        spacing, source = _spacing(ds)
+        del ds.PixelData
+        return DicomImage(
+            pixels=pixels,
+            study_uid=text_value(ds, "StudyInstanceUID"),
+            series_uid=text_value(ds, "SeriesInstanceUID"),
+            sop_uid=text_value(ds, "SOPInstanceUID"),
+            modality=text_value(ds, "Modality"),
+            photometric=text_value(ds, "PhotometricInterpretation"),
+            view=text_value(ds, "ViewPosition") or None,
+            pixel_spacing_mm=spacing,
+            transfer_syntax=str(ts),
+            dataset=ds,
+            rows=int(pixels.shape[0]),
+            columns=int(pixels.shape[1]),
+            spacing_source=source,
+            decoder=plugin,
+        )
+    except (TriageError, *FATAL):
+        raise
+    except BaseException as exc:
+        raise unforeseen_error(exc) from exc
 
 
 def read_dicom(path: Path) -> DicomImage:
-    """Read one DICOM file into a :class:`DicomImage` (see :func:`to_display` for the pixel pipeline)."""
-    ds = pydicom.dcmread(Path(path))
-    pixels = to_display(ds)
-    meta = getattr(ds, "file_meta", None)
-    view = ds.get("ViewPosition")
-    return DicomImage(
-        pixels=pixels,
-        study_uid=str(ds.get("StudyInstanceUID", "")),
-        series_uid=str(ds.get("SeriesInstanceUID", "")),
-        sop_uid=str(ds.get("SOPInstanceUID", "")),
-        modality=str(ds.get("Modality", "")),
-        photometric=str(ds.PhotometricInterpretation),
-        view=str(view) if view else None,
-        pixel_spacing_mm=_spacing(ds),
-        transfer_syntax=str(meta.get("TransferSyntaxUID", "")) if meta is not None else "",
-    )
+    """:func:`read_image` with :data:`LENIENT_POLICY`: for tools reading files the product wrote itself."""
+    return read_image(path, LENIENT_POLICY)

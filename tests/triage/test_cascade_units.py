@@ -1,0 +1,78 @@
+"""Cascade building blocks: geometry round trips, TTA, triplet thresholds, CAM closed form."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.bundles import build_tiny_bundle
+from triage.bundle import Thresholds, load_bundle
+from triage.cascade import tta
+from triage.cascade.models import CascadeModels, normalised_cam
+from triage.cascade.postprocess import triplet_mask
+from triage.cascade.preprocess import fit, to_source
+
+
+def test_letterbox_keeps_aspect_and_maps_back_to_the_source_grid() -> None:
+    image = np.zeros((300, 200), np.float32)
+    image[100:200, 50:150] = 1.0  # a square in a portrait image
+    grid, geom = fit(image, (64, 64), "letterbox")
+    assert geom.box[2] == 64 and geom.box[3] == 43  # 300x200 scaled by 64/300
+    assert grid[:, : geom.box[1]].max() == 0.0  # padding left of the content
+    back = to_source(grid, geom) > 0.5
+    assert back.shape == (300, 200)
+    assert abs(int(back.sum()) - 100 * 100) < 0.08 * 100 * 100
+    assert back[150, 100] and not back[50, 100]
+
+
+def test_stretch_maps_back() -> None:
+    image = np.zeros((120, 80), np.float32)
+    image[:60] = 1.0
+    grid, geom = fit(image, (32, 32), "stretch")
+    assert grid[:15].min() > 0.9 and grid[17:].max() < 0.1
+    np.testing.assert_array_equal(to_source(grid, geom) > 0.5, image > 0.5)
+
+
+def test_tta_undoes_flips_before_averaging() -> None:
+    x = np.random.default_rng(0).random((2, 1, 4, 6)).astype(np.float32)
+    expanded = tta.expand(x, ("none", "hflip", "vflip"))
+    assert expanded.shape == (6, 1, 4, 6)
+    np.testing.assert_allclose(tta.merge_maps(expanded, 2, ("none", "hflip", "vflip")), x)
+    merged = tta.merge_scalars(np.array([1.0, 2.0, 3.0, 4.0]), 2, ("none", "hflip"))
+    np.testing.assert_allclose(merged, [2.0, 3.0])
+
+
+def test_triplet_threshold_by_hand() -> None:
+    th = Thresholds(gate=0.5, top=0.75, min_area=4, bottom=0.3, min_component=3)
+    p = np.zeros((8, 8), np.float32)
+    p[1:3, 1:3] = 0.8  # 4 confident pixels: enough for min_area 4
+    p[1:3, 3] = 0.4  # extends the region above `bottom`
+    p[6, 6] = 0.5  # an isolated pixel above bottom: removed (component of 1 < 3)
+    mask = triplet_mask(p, th)
+    assert mask.sum() == 6 and mask[1:3, 1:4].all() and not mask[6, 6]
+    p[1, 1] = 0.7  # now only 3 pixels exceed top: empty
+    assert not triplet_mask(p, th).any()
+
+
+def test_cam_output_is_the_closed_form_of_the_head(tmp_path: Path) -> None:
+    bundle = load_bundle(build_tiny_bundle(tmp_path / "b"))
+    models = CascadeModels(bundle, "cpu", 1)
+    x = np.random.default_rng(1).normal(size=(3, 1, 64, 64)).astype(np.float32)
+    out = models.classifier(x)
+    # global average pooling of the CAM (linear head per position) gives back the logit exactly
+    np.testing.assert_allclose(out["cam"].mean(axis=(1, 2, 3)), out["logit"].ravel(), rtol=1e-5, atol=1e-5)
+    prob, cam = models.gate(x, use_tta=True)
+    assert prob.shape == (3,) and cam is not None and cam.shape == (3, 8, 8)
+    norm = normalised_cam(cam)
+    peaks = norm.reshape(3, -1).max(axis=1)
+    assert norm.min() >= 0 and np.allclose(peaks[peaks > 0], 1)
+
+
+@pytest.mark.parametrize("use_tta", [False, True])
+def test_segmenter_tta_of_a_symmetric_model_changes_nothing(tmp_path: Path, use_tta: bool) -> None:
+    models = CascadeModels(load_bundle(build_tiny_bundle(tmp_path / "b")), "cpu", 1)
+    x = np.random.default_rng(2).random((2, 1, 64, 64)).astype(np.float32)
+    # the box-filter segmenter commutes with flips, so TTA must reproduce the plain output
+    np.testing.assert_allclose(models.segment(x, use_tta), models.segment(x, False), atol=1e-5)

@@ -1,0 +1,64 @@
+"""ONNX Runtime backend: CPU by default, CUDA when asked for (or `auto`) and available."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import onnxruntime as ort
+from numpy.typing import NDArray
+
+from triage.bundle import ModelSpec
+from triage.errors import ErrorCode, TriageError
+
+logger = logging.getLogger(__name__)
+
+
+def default_threads() -> int:
+    """Intra-op threads: the cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+class OnnxModel:
+    """One ONNX model in an InferenceSession; thread-safe to call (ONNX Runtime's `run` is)."""
+
+    def __init__(self, spec: ModelSpec, device: str = "auto", threads: int | None = None) -> None:
+        available = ort.get_available_providers()
+        if device == "cuda" and "CUDAExecutionProvider" not in available:
+            raise TriageError(
+                ErrorCode.INFERENCE_FAILED,
+                f"--device cuda asked for, but ONNX Runtime has no CUDA provider here "
+                f"(available: {available}); install the gpu extra (onnxruntime-gpu)",
+            )
+        providers = ["CPUExecutionProvider"]
+        if device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or default_threads()
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(spec.path), options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types for bad graphs
+            raise TriageError(
+                ErrorCode.BUNDLE_CORRUPT, f"{spec.path.name} is not a loadable ONNX model: {exc}"
+            ) from exc
+        self.spec = spec
+        self.provider = self.session.get_providers()[0]
+        graph_outputs = {o.name for o in self.session.get_outputs()}
+        missing = {k: v for k, v in spec.outputs.items() if v not in graph_outputs}
+        if missing:
+            raise TriageError(
+                ErrorCode.BUNDLE_CORRUPT,
+                f"{spec.path.name} has no outputs {missing}; the graph has {sorted(graph_outputs)}",
+            )
+        self._names = list(spec.outputs.items())
+        logger.info("loaded %s on %s", spec.path.name, self.provider)
+
+    def __call__(self, batch: NDArray[np.float32]) -> dict[str, NDArray[np.float32]]:
+        values = self.session.run([name for _, name in self._names], {self.spec.input_name: batch})
+        return {
+            meaning: np.asarray(v, dtype=np.float32)
+            for (meaning, _), v in zip(self._names, values, strict=True)
+        }

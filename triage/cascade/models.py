@@ -1,0 +1,70 @@
+"""The cascade's model calls: gate (classifier + CAM), segmenter and optional saliency model, with TTA.
+
+All take prepared (N, C, H, W) float32 batches on the models' own grids; none knows about files.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+from triage.backends import Device, Model, load_model
+from triage.bundle import Bundle
+from triage.cascade import tta as tta_ops
+
+Batch = NDArray[np.float32]
+
+
+def sigmoid(x: Batch) -> Batch:
+    out: Batch = (1.0 / (1.0 + np.exp(-np.clip(x, -60, 60)))).astype(np.float32)
+    return out
+
+
+def normalised_cam(cam: Batch) -> Batch:
+    """(N, h, w) class-activation maps → ReLU, then divided by each map's max (0 where the max is 0)."""
+    pos = np.maximum(cam, 0.0)
+    peak = pos.reshape(len(pos), -1).max(axis=1).reshape(-1, 1, 1)
+    out: Batch = np.where(peak > 0, pos / np.where(peak > 0, peak, 1.0), 0.0).astype(np.float32)
+    return out
+
+
+class CascadeModels:
+    """The bundle's models loaded on one device."""
+
+    def __init__(self, bundle: Bundle, device: Device = "auto", threads: int | None = None) -> None:
+        self.bundle = bundle
+        self.classifier: Model = load_model(bundle.classifier, device, threads)
+        self.segmenter: Model = load_model(bundle.segmenter, device, threads)
+        self.saliency: Model | None = (
+            load_model(bundle.saliency, device, threads) if bundle.saliency else None
+        )
+
+    @property
+    def provider(self) -> str:
+        return self.classifier.provider
+
+    def gate(self, x: Batch, use_tta: bool) -> tuple[Batch, Batch | None]:
+        """P(pneumothorax) per image (N,) and the CAM (N, h, w) if the classifier outputs one."""
+        transforms = self.bundle.tta if use_tta else ("none",)
+        out = self.classifier(tta_ops.expand(x, transforms))
+        n = len(x)
+        prob = tta_ops.merge_scalars(sigmoid(out["logit"].reshape(-1)), n, transforms)
+        cam = None
+        if "cam" in out:
+            cam = tta_ops.merge_maps(
+                out["cam"].reshape(len(out["cam"]), *out["cam"].shape[-2:]), n, transforms
+            )
+        return prob, cam
+
+    def segment(self, x: Batch, use_tta: bool) -> Batch:
+        """Pixel probabilities (N, H, W) on the segmenter's grid."""
+        transforms = self.bundle.tta if use_tta else ("none",)
+        p = self.segmenter(tta_ops.expand(x, transforms))["probability"]
+        return tta_ops.merge_maps(p.reshape(len(p), *p.shape[-2:]), len(x), transforms)
+
+    def saliency_map(self, x: Batch) -> Batch:
+        """The saliency model's map (N, h, w), scaled to [0, 1] per image."""
+        if self.saliency is None:
+            raise ValueError("the bundle has no saliency model")
+        m = self.saliency(x)["map"]
+        return normalised_cam(m.reshape(len(m), *m.shape[-2:]))

@@ -1,0 +1,144 @@
+"""Per-image post-processing and outputs (runs in writer threads): mask on the source grid, files, record."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from triage.bundle import Bundle
+from triage.cascade.items import Item
+from triage.cascade.postprocess import triplet_mask
+from triage.cascade.preprocess import to_source
+from triage.errors import ErrorCode, TriageError
+from triage.outputs.atomic import atomic_save_png
+from triage.outputs.dicom_objects import BundleInfo
+from triage.outputs.overlay import render_overlay, save_mask_png
+from triage.outputs.paths import study_dir, validated_uid
+from triage.outputs.records import ResultRecord
+from triage.outputs.sc import write_sc
+from triage.outputs.seg import write_seg
+from triage.outputs.sr import write_sr
+
+FORMATS = ("png", "seg", "sc", "sr")
+
+
+def error_record(item: Item, bundle_label: str) -> ResultRecord:
+    err = item.error or TriageError(ErrorCode.INTERNAL, "unknown error")
+    image = item.image
+    return ResultRecord(
+        input=item.input,
+        status="error",
+        error_code=err.code.value,
+        message=err.message,
+        study_uid=image.study_uid if image else None,
+        series_uid=image.series_uid if image else None,
+        sop_uid=image.sop_uid if image else None,
+        bundle=bundle_label,
+        timings_ms=_rounded(item.timings_ms),
+    )
+
+
+def _rounded(timings: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 2) for k, v in timings.items()}
+
+
+def source_mask(item: Item, bundle: Bundle) -> NDArray[np.bool_]:
+    """The triplet-thresholded mask mapped back to the source pixel grid (empty when not gated)."""
+    assert item.image is not None
+    shape = item.image.pixels.shape
+    if item.seg_prob is None or item.seg_input is None:
+        return np.zeros(shape, bool)
+    grid_mask = triplet_mask(item.seg_prob, bundle.thresholds)
+    if not grid_mask.any():
+        return np.zeros(shape, bool)
+    return to_source(grid_mask.astype(np.float32), item.seg_input.geometry) >= 0.5
+
+
+def _saliency_on_source(item: Item) -> NDArray[np.float32] | None:
+    """The map shown in the overlay: the saliency model's if present, else the classifier's CAM."""
+    assert item.image is not None and item.gate_input is not None
+    chosen = item.saliency if item.saliency is not None else item.cam
+    if chosen is None:
+        return None
+    return np.clip(to_source(chosen, item.gate_input.geometry), 0.0, 1.0)
+
+
+def finish_item(item: Item, bundle: Bundle, out: Path, formats: frozenset[str]) -> ResultRecord:
+    """Write the outputs of one inferred image and return its record; errors become error records."""
+    if item.error is not None or item.image is None:
+        return error_record(item, bundle.label)
+    t0 = time.perf_counter()
+    try:
+        image = item.image
+        mask = source_mask(item, bundle)
+        area = int(mask.sum())
+        positive = bool(item.gated and area > 0)
+        spacing = image.pixel_spacing_mm
+        area_mm2 = round(area * spacing[0] * spacing[1], 1) if spacing else None
+        probability = float(item.probability or 0.0)
+        folder = study_dir(out, image.study_uid)
+        sop = validated_uid(image.sop_uid, "SOPInstanceUID")
+        info = BundleInfo(bundle.name, bundle.version, bundle.content_hash.removeprefix("sha256:"))
+        outputs: dict[str, str] = {}
+
+        def rel(path: Path) -> str:
+            return path.relative_to(out).as_posix()
+
+        overlay = None
+        if formats & {"png", "sc"}:
+            area_text = f"{area_mm2:.0f} mm²" if area_mm2 is not None else f"{area} px"
+            caption = (
+                f"P(PTX)={probability:.2f} · {'POSITIVE' if positive else 'negative'}"
+                f"{' · area ' + area_text if positive else ''} · {bundle.label}"
+            )
+            overlay = render_overlay(
+                image.pixels, mask if positive else None, _saliency_on_source(item), caption=caption
+            )
+        if "png" in formats and overlay is not None:
+            atomic_save_png(folder / f"{sop}_overlay.png", overlay)
+            outputs["overlay_png"] = rel(folder / f"{sop}_overlay.png")
+            if positive:
+                save_mask_png(folder / f"{sop}_mask.png", mask)
+                outputs["mask_png"] = rel(folder / f"{sop}_mask.png")
+        if "seg" in formats and positive:
+            write_seg(image.dataset, mask, folder / f"{sop}_seg.dcm", bundle=info)
+            outputs["seg"] = rel(folder / f"{sop}_seg.dcm")
+        if "sc" in formats and overlay is not None:
+            write_sc(image.dataset, overlay, folder / f"{sop}_sc.dcm", bundle=info)
+            outputs["sc"] = rel(folder / f"{sop}_sc.dcm")
+        if "sr" in formats:
+            write_sr(
+                image.dataset,
+                probability=probability,
+                positive=positive,
+                mask_area_mm2=area_mm2,
+                path=folder / f"{sop}_sr.dcm",
+                bundle=info,
+            )
+            outputs["sr"] = rel(folder / f"{sop}_sr.dcm")
+    except TriageError as exc:
+        item.error = exc
+        return error_record(item, bundle.label)
+    except Exception as exc:  # one image's failure never ends the batch
+        item.error = TriageError(ErrorCode.WRITE_FAILED, f"{type(exc).__name__}: {exc}")
+        return error_record(item, bundle.label)
+    item.timings_ms["write"] = 1000 * (time.perf_counter() - t0)
+    return ResultRecord(
+        input=item.input,
+        status="ok",
+        study_uid=image.study_uid,
+        series_uid=image.series_uid,
+        sop_uid=image.sop_uid,
+        probability=round(probability, 6),
+        positive=positive,
+        gated=item.gated,
+        mask_area_px=area,
+        mask_area_mm2=area_mm2,
+        priority=round(probability + (1.0 if positive else 0.0), 6),
+        bundle=bundle.label,
+        outputs=outputs,
+        timings_ms=_rounded(item.timings_ms),
+    )

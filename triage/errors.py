@@ -1,0 +1,39 @@
+"""Errors are data: every input that cannot be used yields a stable code and a readable message.
+
+Codes are part of the product's interface (results.jsonl, metrics, quarantine folders): never rename
+one; add new ones at the end.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    NOT_FOUND = "not_found"  # an input path or glob that names nothing
+    UNREADABLE = "unreadable"  # exists but cannot be opened/read (permissions, a folder, I/O error)
+    NOT_DICOM = "not_dicom"
+    TRUNCATED = "truncated"
+    NO_PIXEL_DATA = "no_pixel_data"
+    UNSUPPORTED_MODALITY = "unsupported_modality"
+    UNSUPPORTED_PHOTOMETRIC = "unsupported_photometric"
+    MULTI_FRAME = "multi_frame"
+    MISSING_CODEC = "missing_codec"
+    DECODE_FAILED = "decode_failed"
+    TOO_SMALL = "too_small"
+    INVALID_UID = "invalid_uid"
+    BUNDLE_MISSING = "bundle_missing"
+    BUNDLE_CORRUPT = "bundle_corrupt"
+    BUNDLE_HASH_MISMATCH = "bundle_hash_mismatch"
+    INFERENCE_FAILED = "inference_failed"
+    WRITE_FAILED = "write_failed"
+    INTERNAL = "internal_error"
+
+
+class TriageError(Exception):
+    """An error with a stable `code`; `message` says what is wrong and, where it helps, what to do."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(f"{code.value}: {message}")
+        self.code = code
+        self.message = message
