@@ -22,8 +22,8 @@ BIN := $(VENV)/bin
 CONSTRAINTS := constraints.txt
 
 # Extras that `make test` and `make lint` install (comma-separated, as pip writes them).
-# torch is not needed by the current tests; add `training` here when tests need it.
-TEST_EXTRAS := dev,serving
+# training (torch, timm, smp) is needed by tests/training; tests/triage runs with it blocked.
+TEST_EXTRAS := dev,serving,training
 # `make demo` and `make bench` need only the runtime (no extras).
 RUNTIME_EXTRAS :=
 
