@@ -1,0 +1,6 @@
+"""The services around the runtime: `triage watch` (a folder watcher), `triage listen` (a DICOM storage
+SCP), their durable SQLite job store, PACS forwarding, on-positive actions, metrics and JSON logs.
+
+Depends on ``triage`` (the runtime) and the ``serving`` extra (watchdog, pynetdicom, prometheus-client);
+``triage`` never imports this package except lazily from its CLI. See docs/deploy.md.
+"""

@@ -1,0 +1,821 @@
+"""The durable job store: one SQLite database (WAL, synchronous=FULL) per service output folder.
+
+Tables
+------
+``files``      every input file taken in: where it arrived (``origin``), where it is now (``path``), its
+               size and mtime at arrival, the study and SOP it holds (NULL when its header could not be
+               read), its ``state`` (active, replaced, moved, deleted, quarantined) and a ``pending_op``
+               (move, delete, quarantine) that the service carries out after the commit that decided it.
+``images``     (StudyInstanceUID, SOPInstanceUID) → the newest file holding it.
+``jobs``       one row per study *version*: ``received`` (images arriving; the quiet period runs) →
+               ``queued`` → ``running`` → ``done`` | ``failed`` | ``quarantined``; ``superseded`` when a
+               newer version of the study was queued before this one ran. The key (study, SHA-256 of the
+               sorted SOP set, bundle hash) is unique among queued, running and done versions, so the
+               same images under the same bundle are processed once; a study that gains an image gets
+               a new version. Files that are not DICOM (no study) get a job of their own, ``quarantined``.
+``job_images`` the SOP set of a version and the file chosen for each SOP.
+``results``    the version's per-image result records (JSON), written in the commit that ends the job.
+``outbox``     DICOM objects to forward to the PACS, unique per (SOPInstanceUID, content digest).
+``actions``    on-positive commands / webhooks, unique per (study, kind, target): once per study.
+``meta``       schema version and the byte length of results.jsonl that the database vouches for.
+
+Every state change is one ``BEGIN IMMEDIATE`` transaction, so a kill -9 at any point leaves either the
+state before or after it. All methods are thread-safe (one connection behind a lock).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = "1"
+JOB_STATES = ("received", "queued", "running", "done", "failed", "quarantined", "superseded")
+FINISHED = ("done", "failed", "quarantined")
+FILE_OPS = ("move", "delete", "quarantine")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS files (
+    id INTEGER PRIMARY KEY,
+    origin TEXT NOT NULL,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    study_uid TEXT,
+    sop_uid TEXT,
+    arrived_at REAL NOT NULL,
+    state TEXT NOT NULL DEFAULT 'active',
+    pending_op TEXT,
+    error TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS files_active_path ON files(path) WHERE state = 'active';
+CREATE INDEX IF NOT EXISTS files_origin ON files(origin, size, mtime_ns);
+CREATE INDEX IF NOT EXISTS files_pending ON files(pending_op) WHERE pending_op IS NOT NULL;
+CREATE TABLE IF NOT EXISTS images (
+    study_uid TEXT NOT NULL,
+    sop_uid TEXT NOT NULL,
+    file_id INTEGER NOT NULL REFERENCES files(id),
+    PRIMARY KEY (study_uid, sop_uid)
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY,
+    study_uid TEXT,
+    version INTEGER NOT NULL,
+    sop_set TEXT,
+    bundle TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    not_before REAL NOT NULL DEFAULT 0,
+    error_code TEXT,
+    message TEXT,
+    first_arrival REAL NOT NULL,
+    last_arrival REAL NOT NULL,
+    created_at REAL NOT NULL,
+    queued_at REAL,
+    started_at REAL,
+    finished_at REAL,
+    positive INTEGER,
+    priority REAL,
+    exported INTEGER NOT NULL DEFAULT 0
+);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_key ON jobs(study_uid, sop_set, bundle)
+    WHERE state IN ('queued', 'running', 'done');
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_received ON jobs(study_uid) WHERE state = 'received';
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, not_before);
+CREATE INDEX IF NOT EXISTS jobs_study ON jobs(study_uid, version);
+CREATE TABLE IF NOT EXISTS job_images (
+    job_id INTEGER NOT NULL REFERENCES jobs(id),
+    sop_uid TEXT NOT NULL,
+    file_id INTEGER NOT NULL REFERENCES files(id),
+    PRIMARY KEY (job_id, sop_uid)
+);
+CREATE TABLE IF NOT EXISTS results (
+    job_id INTEGER NOT NULL REFERENCES jobs(id),
+    seq INTEGER NOT NULL,
+    study_uid TEXT,
+    sop_uid TEXT,
+    record TEXT NOT NULL,
+    PRIMARY KEY (job_id, seq)
+);
+CREATE INDEX IF NOT EXISTS results_sop ON results(study_uid, sop_uid);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY,
+    job_id INTEGER NOT NULL,
+    study_uid TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    path TEXT NOT NULL,
+    sop_uid TEXT NOT NULL,
+    sop_class TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    not_before REAL NOT NULL DEFAULT 0,
+    last_error TEXT,
+    created_at REAL NOT NULL,
+    delivered_at REAL,
+    UNIQUE (sop_uid, digest)
+);
+CREATE TABLE IF NOT EXISTS actions (
+    id INTEGER PRIMARY KEY,
+    job_id INTEGER NOT NULL,
+    study_uid TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    target TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    not_before REAL NOT NULL DEFAULT 0,
+    last_error TEXT,
+    created_at REAL NOT NULL,
+    done_at REAL,
+    UNIQUE (study_uid, kind, target)
+);
+"""
+
+
+_SET_OFFSET = (
+    "INSERT INTO meta VALUES ('results_offset', ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value"
+)
+
+
+class StoreError(Exception):
+    """The database cannot be used (another schema version, a damaged file); the message says why."""
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """A complete input file: where it is, its identity (size, mtime), when it arrived (wall clock, the
+    time it stopped changing) and the study / SOP its header names; ``error`` (a JSON record) when the
+    header could not be read, then study and SOP are None."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    arrived_at: float
+    study_uid: str | None
+    sop_uid: str | None
+    error: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class ClaimedImage:
+    """One SOP of a claimed version: ``path`` to process, or ``carried`` (the record of an earlier version,
+    when the file is gone: deleted or quarantined after that version)."""
+
+    sop_uid: str
+    file_id: int
+    path: str | None
+    carried: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Claim:
+    job_id: int
+    study_uid: str
+    version: int
+    attempts: int
+    first_arrival: float
+    started_at: float
+    images: tuple[ClaimedImage, ...]
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    kind: str
+    path: str  # relative to the output folder
+    sop_uid: str
+    sop_class: str
+    digest: str
+
+
+@dataclass
+class Outcome:
+    """How a claimed version ends; written in one transaction by :meth:`JobStore.finish`."""
+
+    state: str  # done | failed | quarantined
+    records: list[dict[str, Any]]
+    error_code: str | None = None
+    message: str | None = None
+    positive: bool | None = None
+    priority: float | None = None
+    file_ops: list[tuple[int, str, dict[str, Any] | None]] = field(default_factory=list)  # (file, op, error)
+    outbox: list[OutboxItem] = field(default_factory=list)
+    actions: list[tuple[str, str, str]] = field(default_factory=list)  # (kind, target, payload JSON)
+
+
+@dataclass(frozen=True)
+class FileOp:
+    file_id: int
+    op: str
+    path: str
+    origin: str
+    study_uid: str | None
+    sop_uid: str | None
+    error: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class FinishedJob:
+    job_id: int
+    study_uid: str | None
+    version: int
+    state: str
+    records: list[dict[str, Any]]
+
+
+def sop_set_digest(sops: Iterable[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(sops)).encode()).hexdigest()
+
+
+class JobStore:
+    """The service's durable state; see the module docstring. ``bundle_hash`` keys new versions."""
+
+    def __init__(self, path: Path, bundle_hash: str) -> None:
+        self.path = Path(path)
+        self.bundle_hash = bundle_hash
+        self._lock = threading.RLock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+            self._db.row_factory = sqlite3.Row
+            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"{self.path}: SQLite refused WAL mode (got {mode}); use a local disk")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            with self.tx() as c:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        c.execute(statement)
+                row = c.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+                if row is None:
+                    c.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+                elif row[0] != SCHEMA_VERSION:
+                    raise StoreError(
+                        f"{self.path} has job-store schema {row[0]}; this version of triage reads schema "
+                        f"{SCHEMA_VERSION} (use a new --out or an older triage)"
+                    )
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: cannot open the job store: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            with contextlib.suppress(sqlite3.DatabaseError):
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._db.close()
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE … COMMIT; ROLLBACK on any exception)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return list(self._db.execute(sql, args).fetchall())
+
+    # --- arrivals -------------------------------------------------------------------------------------
+
+    def is_known(self, path: str, size: int, mtime_ns: int) -> bool:
+        """Whether this exact file (origin path, size, mtime) was taken in and is expected to still be
+        there (a file moved or quarantined away and dropped again is new)."""
+        rows = self._query(
+            "SELECT 1 FROM files WHERE origin=? AND size=? AND mtime_ns=? AND state IN ('active', 'replaced')"
+            " LIMIT 1",
+            (path, size, mtime_ns),
+        )
+        return bool(rows)
+
+    def register(self, arrival: Arrival) -> int:
+        """Take in one complete file; returns its file id.
+
+        A readable file becomes the study's current file for its SOP (an earlier file of the same SOP is
+        ``replaced``; it is disposed of with the version that processes the SOP) and opens or extends the
+        study's ``received`` version. A file whose header failed gets a quarantined job of its own.
+        """
+        now = time.time()
+        with self.tx() as c:
+            c.execute(
+                "UPDATE files SET state='replaced', pending_op=NULL WHERE path=? AND state='active'",
+                (arrival.path,),
+            )
+            cur = c.execute(
+                "INSERT INTO files (origin, path, size, mtime_ns, study_uid, sop_uid, arrived_at, error)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    arrival.path,
+                    arrival.path,
+                    arrival.size,
+                    arrival.mtime_ns,
+                    arrival.study_uid,
+                    arrival.sop_uid,
+                    arrival.arrived_at,
+                    json.dumps(arrival.error) if arrival.error else None,
+                ),
+            )
+            file_id = int(cur.lastrowid or 0)
+            if arrival.error is not None or arrival.study_uid is None or arrival.sop_uid is None:
+                self._quarantine_unreadable(c, file_id, arrival, now)
+                return file_id
+            prev = c.execute(
+                "SELECT f.id, f.path, f.state FROM images i JOIN files f ON f.id = i.file_id"
+                " WHERE i.study_uid=? AND i.sop_uid=?",
+                (arrival.study_uid, arrival.sop_uid),
+            ).fetchone()
+            if prev is not None and prev["state"] == "active" and prev["path"] != arrival.path:
+                c.execute("UPDATE files SET state='replaced' WHERE id=?", (prev["id"],))
+            c.execute(
+                "INSERT INTO images (study_uid, sop_uid, file_id) VALUES (?, ?, ?)"
+                " ON CONFLICT (study_uid, sop_uid) DO UPDATE SET file_id=excluded.file_id",
+                (arrival.study_uid, arrival.sop_uid, file_id),
+            )
+            job = c.execute(
+                "SELECT id FROM jobs WHERE study_uid=? AND state='received'", (arrival.study_uid,)
+            ).fetchone()
+            if job is not None:
+                c.execute(
+                    "UPDATE jobs SET last_arrival=max(last_arrival, ?), first_arrival=min(first_arrival, ?)"
+                    " WHERE id=?",
+                    (arrival.arrived_at, arrival.arrived_at, job["id"]),
+                )
+            else:
+                c.execute(
+                    "INSERT INTO jobs (study_uid, version, bundle, state, first_arrival, last_arrival,"
+                    " created_at) VALUES (?, ?, ?, 'received', ?, ?, ?)",
+                    (
+                        arrival.study_uid,
+                        self._next_version(c, arrival.study_uid),
+                        self.bundle_hash,
+                        arrival.arrived_at,
+                        arrival.arrived_at,
+                        now,
+                    ),
+                )
+        return file_id
+
+    @staticmethod
+    def _next_version(c: sqlite3.Connection, study_uid: str) -> int:
+        row = c.execute("SELECT max(version) FROM jobs WHERE study_uid=?", (study_uid,)).fetchone()
+        return int(row[0] or 0) + 1
+
+    def _quarantine_unreadable(
+        self, c: sqlite3.Connection, file_id: int, arrival: Arrival, now: float
+    ) -> None:
+        record = dict(arrival.error or {})
+        cur = c.execute(
+            "INSERT INTO jobs (study_uid, version, bundle, state, error_code, message, first_arrival,"
+            " last_arrival, created_at, queued_at, started_at, finished_at, positive)"
+            " VALUES (NULL, 0, ?, 'quarantined', ?, ?, ?, ?, ?, ?, ?, ?, 0)",
+            (
+                self.bundle_hash,
+                record.get("error_code"),
+                record.get("message"),
+                arrival.arrived_at,
+                arrival.arrived_at,
+                now,
+                now,
+                now,
+                now,
+            ),
+        )
+        job_id = int(cur.lastrowid or 0)
+        c.execute(
+            "INSERT INTO results (job_id, seq, study_uid, sop_uid, record) VALUES (?, 0, NULL, NULL, ?)",
+            (job_id, json.dumps(record)),
+        )
+        c.execute("UPDATE files SET pending_op='quarantine' WHERE id=?", (file_id,))
+
+    def received_due(self, now: float, quiet: float) -> list[tuple[int, str, float, list[str]]]:
+        """Received versions whose last image arrived ``quiet`` seconds ago or earlier:
+        (job id, study, last arrival, paths of the study's current files)."""
+        rows = self._query(
+            "SELECT id, study_uid, last_arrival FROM jobs WHERE state='received' AND last_arrival <= ?"
+            " ORDER BY first_arrival, id",
+            (now - quiet,),
+        )
+        out = []
+        for row in rows:
+            paths = self._query(
+                "SELECT f.path FROM images i JOIN files f ON f.id = i.file_id WHERE i.study_uid=?",
+                (row["study_uid"],),
+            )
+            out.append(
+                (
+                    int(row["id"]),
+                    str(row["study_uid"]),
+                    float(row["last_arrival"]),
+                    [str(p["path"]) for p in paths],
+                )
+            )
+        return out
+
+    def queue(self, job_id: int) -> bool:
+        """Close a received version: fix its SOP set and queue it; True if queued. A version whose SOP set
+        and bundle were already queued, running or done (a re-sent image) is dropped instead; older queued
+        versions of the study are superseded (the new one covers their images)."""
+        now = time.time()
+        with self.tx() as c:
+            job = c.execute("SELECT * FROM jobs WHERE id=? AND state='received'", (job_id,)).fetchone()
+            if job is None:
+                return False
+            images = c.execute(
+                "SELECT sop_uid, file_id FROM images WHERE study_uid=?", (job["study_uid"],)
+            ).fetchall()
+            digest = sop_set_digest(str(r["sop_uid"]) for r in images)
+            same = c.execute(
+                "SELECT id FROM jobs WHERE study_uid=? AND sop_set=? AND bundle=?"
+                " AND state IN ('queued', 'running', 'done')",
+                (job["study_uid"], digest, job["bundle"]),
+            ).fetchone()
+            if same is not None:  # re-sent images: nothing new to process
+                c.execute("DELETE FROM jobs WHERE id=?", (job_id,))
+                return False
+            c.execute(
+                "UPDATE jobs SET state='superseded', finished_at=? WHERE study_uid=? AND state='queued'",
+                (now, job["study_uid"]),
+            )
+            c.execute(
+                "UPDATE jobs SET state='queued', sop_set=?, queued_at=? WHERE id=?", (digest, now, job_id)
+            )
+            c.executemany(
+                "INSERT INTO job_images (job_id, sop_uid, file_id) VALUES (?, ?, ?)",
+                [(job_id, r["sop_uid"], r["file_id"]) for r in images],
+            )
+        return True
+
+    # --- the worker ------------------------------------------------------------------------------------
+
+    def recover_running(self, max_attempts: int) -> tuple[int, int]:
+        """At start-up: running versions (interrupted by a crash) go back to queued, or to failed when
+        they were already tried ``max_attempts`` times (a study that crashes the process each time must
+        not crash it forever). Returns (requeued, failed)."""
+        now = time.time()
+        with self.tx() as c:
+            failed = c.execute(
+                "UPDATE jobs SET state='failed', finished_at=?, exported=0, error_code='internal_error',"
+                " message='the service stopped while processing this study ' || attempts || ' times'"
+                " WHERE state='running' AND attempts >= ?",
+                (now, max_attempts),
+            ).rowcount
+            if failed:
+                for row in c.execute(
+                    "SELECT id FROM jobs WHERE state='failed' AND exported=0 AND id NOT IN"
+                    " (SELECT job_id FROM results)"
+                ).fetchall():
+                    self._error_results(c, int(row["id"]))
+            requeued = c.execute(
+                "UPDATE jobs SET state='queued', not_before=0 WHERE state='running'"
+            ).rowcount
+            c.execute("UPDATE actions SET state='pending' WHERE state='running'")
+        return requeued, failed
+
+    def _error_results(self, c: sqlite3.Connection, job_id: int) -> None:
+        job = c.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+        rows = c.execute(
+            "SELECT ji.sop_uid, f.path FROM job_images ji JOIN files f ON f.id = ji.file_id WHERE ji.job_id=?"
+            " ORDER BY ji.sop_uid",
+            (job_id,),
+        ).fetchall()
+        for seq, row in enumerate(rows):
+            record = {
+                "input": row["path"],
+                "status": "error",
+                "error_code": job["error_code"],
+                "message": job["message"],
+                "study_uid": job["study_uid"],
+                "sop_uid": row["sop_uid"],
+            }
+            c.execute(
+                "INSERT INTO results (job_id, seq, study_uid, sop_uid, record) VALUES (?, ?, ?, ?, ?)",
+                (job_id, seq, job["study_uid"], row["sop_uid"], json.dumps(record)),
+            )
+
+    def claim(self, now: float, busy_studies: Iterable[str] = ()) -> Claim | None:
+        """The oldest queued version that is due and whose study is not in ``busy_studies``, now running
+        (attempts + 1); None when there is none."""
+        busy = sorted(set(busy_studies))
+        marks = ",".join("?" * len(busy))
+        with self.tx() as c:
+            job = c.execute(
+                "SELECT * FROM jobs WHERE state='queued' AND not_before <= ?"
+                + (f" AND study_uid NOT IN ({marks})" if busy else "")
+                + " ORDER BY first_arrival, id LIMIT 1",
+                (now, *busy),
+            ).fetchone()
+            if job is None:
+                return None
+            c.execute(
+                "UPDATE jobs SET state='running', started_at=?, attempts=attempts+1 WHERE id=?",
+                (now, job["id"]),
+            )
+            rows = c.execute(
+                "SELECT ji.sop_uid, ji.file_id, f.path, f.state FROM job_images ji"
+                " JOIN files f ON f.id = ji.file_id WHERE ji.job_id=? ORDER BY f.path",
+                (job["id"],),
+            ).fetchall()
+            images = []
+            for row in rows:
+                if row["state"] in ("active", "replaced", "moved"):
+                    images.append(ClaimedImage(row["sop_uid"], row["file_id"], row["path"]))
+                else:
+                    images.append(
+                        ClaimedImage(
+                            row["sop_uid"],
+                            row["file_id"],
+                            None,
+                            self._carried(c, job["study_uid"], row["sop_uid"]),
+                        )
+                    )
+        return Claim(
+            int(job["id"]),
+            str(job["study_uid"]),
+            int(job["version"]),
+            int(job["attempts"]) + 1,
+            float(job["first_arrival"]),
+            now,
+            tuple(images),
+        )
+
+    @staticmethod
+    def _carried(c: sqlite3.Connection, study_uid: str, sop_uid: str) -> dict[str, Any] | None:
+        row = c.execute(
+            "SELECT r.record FROM results r JOIN jobs j ON j.id = r.job_id"
+            " WHERE r.study_uid=? AND r.sop_uid=? AND j.state IN ('done', 'quarantined')"
+            " ORDER BY j.version DESC LIMIT 1",
+            (study_uid, sop_uid),
+        ).fetchone()
+        return None if row is None else dict(json.loads(row["record"]))
+
+    def finish(self, job_id: int, outcome: Outcome) -> None:
+        """The commit point of a version: its state, its records, what to do with its files, what to
+        forward and which actions to run — all or nothing."""
+        if outcome.state not in FINISHED:
+            raise ValueError(f"outcome state must be one of {FINISHED}, got {outcome.state!r}")
+        now = time.time()
+        with self.tx() as c:
+            job = c.execute("SELECT study_uid FROM jobs WHERE id=?", (job_id,)).fetchone()
+            c.execute(
+                "UPDATE jobs SET state=?, finished_at=?, error_code=?, message=?, positive=?, priority=?,"
+                " exported=0 WHERE id=?",
+                (
+                    outcome.state,
+                    now,
+                    outcome.error_code,
+                    outcome.message,
+                    None if outcome.positive is None else int(outcome.positive),
+                    outcome.priority,
+                    job_id,
+                ),
+            )
+            c.execute("DELETE FROM results WHERE job_id=?", (job_id,))
+            c.executemany(
+                "INSERT INTO results (job_id, seq, study_uid, sop_uid, record) VALUES (?, ?, ?, ?, ?)",
+                [
+                    (job_id, seq, r.get("study_uid") or job["study_uid"], r.get("sop_uid"), json.dumps(r))
+                    for seq, r in enumerate(outcome.records)
+                ],
+            )
+            for file_id, op, error in outcome.file_ops:
+                if op not in FILE_OPS:
+                    raise ValueError(f"file op must be one of {FILE_OPS}, got {op!r}")
+                c.execute(
+                    "UPDATE files SET pending_op=?, error=coalesce(?, error) WHERE id=?"
+                    " AND state IN ('active', 'replaced', 'moved')",
+                    (op, json.dumps(error) if error else None, file_id),
+                )
+            c.executemany(
+                "INSERT OR IGNORE INTO outbox (job_id, study_uid, kind, path, sop_uid, sop_class, digest,"
+                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (job_id, job["study_uid"], o.kind, o.path, o.sop_uid, o.sop_class, o.digest, now)
+                    for o in outcome.outbox
+                ],
+            )
+            c.executemany(
+                "INSERT OR IGNORE INTO actions (job_id, study_uid, kind, target, payload, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (job_id, job["study_uid"], kind, target, payload, now)
+                    for kind, target, payload in outcome.actions
+                ],
+            )
+
+    def retry(self, job_id: int, error_code: str, message: str, not_before: float) -> None:
+        """Back to queued after a transient failure, not before ``not_before`` (wall clock)."""
+        with self.tx() as c:
+            c.execute(
+                "UPDATE jobs SET state='queued', not_before=?, error_code=?, message=? WHERE id=?",
+                (not_before, error_code, message, job_id),
+            )
+
+    def requeue_failed(self, job_ids: Sequence[int] = ()) -> int:
+        """Admin: put failed versions (all, or the given ids) back in the queue with fresh attempts;
+        one whose images were queued again meanwhile as a newer identical version is left failed."""
+        marks = ",".join("?" * len(job_ids))
+        with self.tx() as c:
+            return int(
+                c.execute(
+                    "UPDATE jobs SET state='queued', attempts=0, not_before=0 WHERE state='failed'"
+                    " AND study_uid IS NOT NULL AND NOT EXISTS (SELECT 1 FROM jobs o WHERE"
+                    " o.study_uid = jobs.study_uid AND o.sop_set = jobs.sop_set AND o.bundle = jobs.bundle"
+                    " AND o.state IN ('queued', 'running', 'done'))"
+                    + (f" AND id IN ({marks})" if job_ids else ""),
+                    tuple(job_ids),
+                ).rowcount
+            )
+
+    def disposable_files(self, job_id: int) -> list[sqlite3.Row]:
+        """Files holding the version's SOPs that are still where they arrived (the processed file and
+        earlier duplicates of it), except a replaced file whose path now holds a newer arrival."""
+        return self._query(
+            "SELECT f.* FROM job_images ji JOIN jobs j ON j.id = ji.job_id"
+            " JOIN files f ON f.study_uid = j.study_uid AND f.sop_uid = ji.sop_uid"
+            " WHERE ji.job_id=? AND f.id <= ji.file_id AND f.state IN ('active', 'replaced')"
+            " AND f.pending_op IS NULL"
+            " AND f.path = f.origin AND NOT (f.state = 'replaced' AND EXISTS"
+            " (SELECT 1 FROM files a WHERE a.path = f.path AND a.state = 'active'))",
+            (job_id,),
+        )
+
+    def redundant_files(self, study_uid: str) -> list[sqlite3.Row]:
+        """Files of a study still where they arrived that no version will process: re-sent copies of
+        images an earlier version already processed (disposed of like that version's files)."""
+        return self._query(
+            "SELECT f.* FROM files f WHERE f.study_uid=? AND f.state IN ('active', 'replaced')"
+            " AND f.pending_op IS NULL AND f.path = f.origin"
+            " AND NOT EXISTS (SELECT 1 FROM job_images ji JOIN jobs j ON j.id = ji.job_id"
+            "  WHERE ji.file_id = f.id AND j.state IN ('queued', 'running'))"
+            " AND EXISTS (SELECT 1 FROM job_images ji JOIN jobs j ON j.id = ji.job_id"
+            "  WHERE j.study_uid = f.study_uid AND ji.sop_uid = f.sop_uid AND j.state = 'done')",
+            (study_uid,),
+        )
+
+    def set_ops(self, ops: Sequence[tuple[int, str]]) -> None:
+        """Schedule file operations (file id, op) outside a version's commit."""
+        with self.tx() as c:
+            for file_id, op in ops:
+                if op not in FILE_OPS:
+                    raise ValueError(f"file op must be one of {FILE_OPS}, got {op!r}")
+                c.execute("UPDATE files SET pending_op=? WHERE id=? AND pending_op IS NULL", (op, file_id))
+
+    # --- results.jsonl export ---------------------------------------------------------------------------
+
+    def results_offset(self) -> int | None:
+        rows = self._query("SELECT value FROM meta WHERE key='results_offset'")
+        return int(rows[0][0]) if rows else None
+
+    def unexported(self, limit: int = 1000) -> list[FinishedJob]:
+        """Finished versions whose records are not yet in results.jsonl, in finishing order."""
+        jobs = self._query(
+            "SELECT id, study_uid, version, state FROM jobs WHERE state IN ('done', 'failed', 'quarantined')"
+            " AND exported=0 ORDER BY finished_at, id LIMIT ?",
+            (limit,),
+        )
+        return [self._finished(row) for row in jobs]
+
+    def all_finished(self) -> Iterator[FinishedJob]:
+        """Every finished version, in finishing order (to rebuild results.jsonl)."""
+        last = (-1.0, -1)
+        while True:
+            rows = self._query(
+                "SELECT id, study_uid, version, state, finished_at FROM jobs"
+                " WHERE state IN ('done', 'failed', 'quarantined') AND (finished_at, id) > (?, ?)"
+                " ORDER BY finished_at, id LIMIT 500",
+                last,
+            )
+            if not rows:
+                return
+            for row in rows:
+                yield self._finished(row)
+            last = (float(rows[-1]["finished_at"]), int(rows[-1]["id"]))
+
+    def _finished(self, row: sqlite3.Row) -> FinishedJob:
+        records = [
+            json.loads(r["record"])
+            for r in self._query("SELECT record FROM results WHERE job_id=? ORDER BY seq", (row["id"],))
+        ]
+        return FinishedJob(int(row["id"]), row["study_uid"], int(row["version"]), str(row["state"]), records)
+
+    def mark_exported(self, job_ids: Sequence[int], offset: int) -> None:
+        with self.tx() as c:
+            c.executemany("UPDATE jobs SET exported=1 WHERE id=?", [(i,) for i in job_ids])
+            c.execute(_SET_OFFSET, (str(offset),))
+
+    def mark_all_exported(self, offset: int) -> None:
+        """After rebuilding results.jsonl (``offset`` bytes) from every finished version."""
+        with self.tx() as c:
+            c.execute("UPDATE jobs SET exported=1 WHERE state IN ('done', 'failed', 'quarantined')")
+            c.execute(_SET_OFFSET, (str(offset),))
+
+    # --- file operations after the commit ---------------------------------------------------------------
+
+    def pending_ops(self) -> list[FileOp]:
+        rows = self._query(
+            "SELECT id, pending_op, path, origin, study_uid, sop_uid, error FROM files"
+            " WHERE pending_op IS NOT NULL ORDER BY id"
+        )
+        return [
+            FileOp(
+                int(r["id"]),
+                str(r["pending_op"]),
+                str(r["path"]),
+                str(r["origin"]),
+                r["study_uid"],
+                r["sop_uid"],
+                json.loads(r["error"]) if r["error"] else None,
+            )
+            for r in rows
+        ]
+
+    def op_done(self, file_id: int, state: str, path: str | None = None) -> None:
+        with self.tx() as c:
+            c.execute(
+                "UPDATE files SET state=?, path=coalesce(?, path), pending_op=NULL WHERE id=?",
+                (state, path, file_id),
+            )
+
+    # --- outbox and actions -------------------------------------------------------------------------------
+
+    def due(self, table: str, now: float, limit: int = 50) -> list[sqlite3.Row]:
+        """Pending outbox or action rows that are due (oldest first)."""
+        if table not in ("outbox", "actions"):
+            raise ValueError(f"table must be outbox or actions, got {table!r}")
+        return self._query(
+            f"SELECT * FROM {table} WHERE state='pending' AND not_before <= ? ORDER BY id LIMIT ?",
+            (now, limit),
+        )
+
+    def set_row(self, table: str, row_id: int, **values: Any) -> None:
+        """Update columns of one outbox or action row (state, attempts, not_before, last_error, ...)."""
+        if table not in ("outbox", "actions"):
+            raise ValueError(f"table must be outbox or actions, got {table!r}")
+        allowed = {"state", "attempts", "not_before", "last_error", "delivered_at", "done_at"}
+        bad = set(values) - allowed
+        if bad:
+            raise ValueError(f"unknown columns {sorted(bad)}; valid: {sorted(allowed)}")
+        assignments = ", ".join(f"{k}=?" for k in values)
+        with self.tx() as c:
+            c.execute(f"UPDATE {table} SET {assignments} WHERE id=?", (*values.values(), row_id))
+
+    def next_due(self, table: str) -> float | None:
+        rows = self._query(f"SELECT min(not_before) FROM {table} WHERE state='pending'")
+        return None if rows[0][0] is None else float(rows[0][0])
+
+    # --- reporting ----------------------------------------------------------------------------------------
+
+    def counts(self, table: str) -> dict[str, int]:
+        """Rows by state: jobs with a study (study versions), outbox or actions."""
+        if table not in ("jobs", "outbox", "actions"):
+            raise ValueError(f"table must be jobs, outbox or actions, got {table!r}")
+        where = " WHERE study_uid IS NOT NULL" if table == "jobs" else ""
+        rows = self._query(f"SELECT state, count(*) FROM {table}{where} GROUP BY state")
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    def unattributed_quarantined(self) -> int:
+        return int(self._query("SELECT count(*) FROM jobs WHERE study_uid IS NULL")[0][0])
+
+    def idle(self) -> bool:
+        """No version received, queued or running."""
+        rows = self._query("SELECT 1 FROM jobs WHERE state IN ('received', 'queued', 'running') LIMIT 1")
+        return not rows
+
+    def untried(self, table: str) -> int:
+        """Pending outbox / action rows never tried yet."""
+        return int(self._query(f"SELECT count(*) FROM {table} WHERE state='pending' AND attempts=0")[0][0])
+
+    def latest_versions(self, since: float) -> list[dict[str, Any]]:
+        """Records of the newest done version of each study finished since ``since`` (for the worklist)."""
+        rows = self._query(
+            "SELECT r.record FROM results r JOIN jobs j ON j.id = r.job_id WHERE j.id IN ("
+            "  SELECT id FROM jobs j2 WHERE j2.state='done' AND j2.study_uid IS NOT NULL AND j2.version ="
+            "  (SELECT max(version) FROM jobs j3 WHERE j3.study_uid = j2.study_uid AND j3.state='done'))"
+            " AND j.finished_at >= ? ORDER BY j.id, r.seq",
+            (since,),
+        )
+        return [json.loads(r["record"]) for r in rows]
+
+    def jobs(self, states: Sequence[str] = JOB_STATES, limit: int = 100) -> list[sqlite3.Row]:
+        marks = ",".join("?" * len(states))
+        return self._query(
+            f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY id DESC LIMIT ?", (*states, limit)
+        )
+
+    def files_of(self, job_id: int) -> list[sqlite3.Row]:
+        return self._query(
+            "SELECT f.* FROM job_images ji JOIN files f ON f.id = ji.file_id WHERE ji.job_id=?", (job_id,)
+        )
