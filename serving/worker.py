@@ -129,7 +129,7 @@ class Worker:
         try:
             while not self._stop.is_set():
                 if not self._disk_ok():
-                    self._stop.wait(5.0)
+                    self._stop.wait(2.0)
                     continue
                 self.wake.clear()
                 self.busy = True
@@ -324,8 +324,11 @@ class Worker:
         rows = self.store.redundant_files(study_uid)
         ops = [(int(r["id"]), self.config.inputs) for r in rows if self._disposable(str(r["path"]))]
         if ops:
-            logger.info("%d re-sent image(s) of an already processed study", len(ops),
-                        extra={"event": "duplicates", "study_uid": study_uid})
+            logger.info(
+                "%d re-sent image(s) of an already processed study",
+                len(ops),
+                extra={"event": "duplicates", "study_uid": study_uid},
+            )
             self.store.set_ops(ops)
             self.fileops.run_pending()
 

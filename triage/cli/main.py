@@ -189,9 +189,15 @@ _FORWARD_ARGS = {
 
 def _serving(command: str, args: list[str]) -> NoReturn:
     try:
-        from serving.cli import main as serving_main
-    except ImportError as exc:
-        fail(command, f"needs the serving extra: pip install 'triage[serving]' ({exc})")
+        from serving import missing_dependencies
+    except ImportError:
+        fail(command, "needs the serving package and extra: pip install 'triage[serving]'")
+    missing = missing_dependencies()
+    if missing:
+        extra = "needs the serving extra: pip install 'triage[serving]'"
+        fail(command, f"{extra} (missing: {', '.join(missing)})")
+    from serving.cli import main as serving_main
+
     raise typer.Exit(serving_main(command, args))
 
 
