@@ -112,7 +112,9 @@ def test_a_transient_failure_past_the_last_attempt_fails_the_study_and_can_be_re
     with service(inp, out, bundle, max_attempts=2, inputs="move", http_port=0):
         [path] = studies.copy(inp, 1)
         db = out / "jobs.sqlite3"
-        wait_until(lambda: job_states(db) == {"failed": 1}, 60, "the study to fail")
+        wait_until(
+            lambda: job_states(db) == {"failed": 1} and len(results(out)) == 1, 60, "the study to fail"
+        )
         assert path.exists(), "the files of a failed study stay where they are"
         [record] = results(out)
         assert (record["status"], record["error_code"], record["job_state"]) == (
