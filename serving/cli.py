@@ -43,8 +43,12 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
 Threads = Annotated[int, typer.Option(help="ONNX Runtime threads; 0 = the cores available.")]
 AnyModality = Annotated[bool, typer.Option(help="Accept modalities other than CR / DX for presentation.")]
 Db = Annotated[Path | None, typer.Option(help="Job store (SQLite); default OUT/jobs.sqlite3.")]
-HttpHost = Annotated[str, typer.Option(help="Address of the /metrics and /healthz endpoint.")]
-HttpPort = Annotated[int, typer.Option(help="Port of /metrics and /healthz; 0 turns it off.")]
+HttpHost = Annotated[
+    str, typer.Option(envvar="TRIAGE_HTTP_HOST", help="Address of the /metrics and /healthz endpoint.")
+]
+HttpPort = Annotated[
+    int, typer.Option(envvar="TRIAGE_HTTP_PORT", help="Port of /metrics and /healthz; 0 turns it off.")
+]
 MinFree = Annotated[
     float,
     typer.Option(

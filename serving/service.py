@@ -250,16 +250,19 @@ class Service:
         interval = min(0.5, max(0.05, quiet / 4))
         while not self.stopping.is_set():
             source.tick()
-            queued = 0
-            for job_id, study, last_arrival, paths in store.received_due(time.time(), quiet):
-                if source.hold(paths, last_arrival):
-                    continue
-                if store.queue(job_id):
-                    queued += 1
-                else:
-                    worker.dispose_redundant(study)
-            if queued:
-                worker.wake.set()
+            received = store.received_due(time.time(), quiet)
+            due = [
+                (job, study)
+                for job, study, last_arrival, paths in received
+                if not source.hold(paths, last_arrival)
+            ]
+            if due:
+                queued = set(store.queue_many([job_id for job_id, _ in due]))
+                if queued:
+                    worker.wake.set()
+                for job_id, study in due:
+                    if job_id not in queued:  # re-sent images of a study already processed
+                        worker.dispose_redundant(study)
             worklist.refresh()
             dead = [name for name, part in parts.items() if not part.alive()]
             if dead:

@@ -141,7 +141,11 @@ class JobStore(Database):
         return bool(rows)
 
     def register(self, arrival: Arrival) -> int:
-        """Take in one complete file; returns its file id.
+        """Take in one complete file; returns its file id (see :meth:`register_many`)."""
+        return self.register_many([arrival])[0]
+
+    def register_many(self, arrivals: Sequence[Arrival]) -> list[int]:
+        """Take in complete files in one transaction; returns their file ids.
 
         A readable file becomes the study's current file for its SOP (an earlier file of the same SOP is
         ``replaced``; it is disposed of with the version that processes the SOP) and opens or extends the
@@ -149,62 +153,65 @@ class JobStore(Database):
         """
         now = time.time()
         with self.tx() as c:
+            return [self._register(c, arrival, now) for arrival in arrivals]
+
+    def _register(self, c: sqlite3.Connection, arrival: Arrival, now: float) -> int:
+        c.execute(
+            "UPDATE files SET state='replaced', pending_op=NULL WHERE path=? AND state='active'",
+            (arrival.path,),
+        )
+        cur = c.execute(
+            "INSERT INTO files (origin, path, size, mtime_ns, study_uid, sop_uid, arrived_at, error)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                arrival.path,
+                arrival.path,
+                arrival.size,
+                arrival.mtime_ns,
+                arrival.study_uid,
+                arrival.sop_uid,
+                arrival.arrived_at,
+                json.dumps(arrival.error) if arrival.error else None,
+            ),
+        )
+        file_id = int(cur.lastrowid or 0)
+        if arrival.error is not None or arrival.study_uid is None or arrival.sop_uid is None:
+            self._quarantine_unreadable(c, file_id, arrival, now)
+            return file_id
+        prev = c.execute(
+            "SELECT f.id, f.path, f.state FROM images i JOIN files f ON f.id = i.file_id"
+            " WHERE i.study_uid=? AND i.sop_uid=?",
+            (arrival.study_uid, arrival.sop_uid),
+        ).fetchone()
+        if prev is not None and prev["state"] == "active" and prev["path"] != arrival.path:
+            c.execute("UPDATE files SET state='replaced' WHERE id=?", (prev["id"],))
+        c.execute(
+            "INSERT INTO images (study_uid, sop_uid, file_id) VALUES (?, ?, ?)"
+            " ON CONFLICT (study_uid, sop_uid) DO UPDATE SET file_id=excluded.file_id",
+            (arrival.study_uid, arrival.sop_uid, file_id),
+        )
+        job = c.execute(
+            "SELECT id FROM jobs WHERE study_uid=? AND state='received'", (arrival.study_uid,)
+        ).fetchone()
+        if job is not None:
             c.execute(
-                "UPDATE files SET state='replaced', pending_op=NULL WHERE path=? AND state='active'",
-                (arrival.path,),
+                "UPDATE jobs SET last_arrival=max(last_arrival, ?), first_arrival=min(first_arrival, ?)"
+                " WHERE id=?",
+                (arrival.arrived_at, arrival.arrived_at, job["id"]),
             )
-            cur = c.execute(
-                "INSERT INTO files (origin, path, size, mtime_ns, study_uid, sop_uid, arrived_at, error)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        else:
+            c.execute(
+                "INSERT INTO jobs (study_uid, version, bundle, state, first_arrival, last_arrival,"
+                " created_at) VALUES (?, ?, ?, 'received', ?, ?, ?)",
                 (
-                    arrival.path,
-                    arrival.path,
-                    arrival.size,
-                    arrival.mtime_ns,
                     arrival.study_uid,
-                    arrival.sop_uid,
+                    self._next_version(c, arrival.study_uid),
+                    self.bundle_hash,
                     arrival.arrived_at,
-                    json.dumps(arrival.error) if arrival.error else None,
+                    arrival.arrived_at,
+                    now,
                 ),
             )
-            file_id = int(cur.lastrowid or 0)
-            if arrival.error is not None or arrival.study_uid is None or arrival.sop_uid is None:
-                self._quarantine_unreadable(c, file_id, arrival, now)
-                return file_id
-            prev = c.execute(
-                "SELECT f.id, f.path, f.state FROM images i JOIN files f ON f.id = i.file_id"
-                " WHERE i.study_uid=? AND i.sop_uid=?",
-                (arrival.study_uid, arrival.sop_uid),
-            ).fetchone()
-            if prev is not None and prev["state"] == "active" and prev["path"] != arrival.path:
-                c.execute("UPDATE files SET state='replaced' WHERE id=?", (prev["id"],))
-            c.execute(
-                "INSERT INTO images (study_uid, sop_uid, file_id) VALUES (?, ?, ?)"
-                " ON CONFLICT (study_uid, sop_uid) DO UPDATE SET file_id=excluded.file_id",
-                (arrival.study_uid, arrival.sop_uid, file_id),
-            )
-            job = c.execute(
-                "SELECT id FROM jobs WHERE study_uid=? AND state='received'", (arrival.study_uid,)
-            ).fetchone()
-            if job is not None:
-                c.execute(
-                    "UPDATE jobs SET last_arrival=max(last_arrival, ?), first_arrival=min(first_arrival, ?)"
-                    " WHERE id=?",
-                    (arrival.arrived_at, arrival.arrived_at, job["id"]),
-                )
-            else:
-                c.execute(
-                    "INSERT INTO jobs (study_uid, version, bundle, state, first_arrival, last_arrival,"
-                    " created_at) VALUES (?, ?, ?, 'received', ?, ?, ?)",
-                    (
-                        arrival.study_uid,
-                        self._next_version(c, arrival.study_uid),
-                        self.bundle_hash,
-                        arrival.arrived_at,
-                        arrival.arrived_at,
-                        now,
-                    ),
-                )
         return file_id
 
     @staticmethod
@@ -264,37 +271,44 @@ class JobStore(Database):
         return out
 
     def queue(self, job_id: int) -> bool:
-        """Close a received version: fix its SOP set and queue it; True if queued. A version whose SOP set
-        and bundle were already queued, running or done (a re-sent image) is dropped instead; older queued
-        versions of the study are superseded (the new one covers their images)."""
+        """Close one received version; True if queued (see :meth:`queue_many`)."""
+        return bool(self.queue_many([job_id]))
+
+    def queue_many(self, job_ids: Sequence[int]) -> list[int]:
+        """Close received versions in one transaction: fix each one's SOP set and queue it. Returns the
+        ids queued. A version whose SOP set and bundle were already queued, running or done (re-sent
+        images) is dropped instead; older queued versions of a study are superseded (the new one covers
+        their images)."""
         now = time.time()
         with self.tx() as c:
-            job = c.execute("SELECT * FROM jobs WHERE id=? AND state='received'", (job_id,)).fetchone()
-            if job is None:
-                return False
-            images = c.execute(
-                "SELECT sop_uid, file_id FROM images WHERE study_uid=?", (job["study_uid"],)
-            ).fetchall()
-            digest = sop_set_digest(str(r["sop_uid"]) for r in images)
-            same = c.execute(
-                "SELECT id FROM jobs WHERE study_uid=? AND sop_set=? AND bundle=?"
-                " AND state IN ('queued', 'running', 'done')",
-                (job["study_uid"], digest, job["bundle"]),
-            ).fetchone()
-            if same is not None:  # re-sent images: nothing new to process
-                c.execute("DELETE FROM jobs WHERE id=?", (job_id,))
-                return False
-            c.execute(
-                "UPDATE jobs SET state='superseded', finished_at=? WHERE study_uid=? AND state='queued'",
-                (now, job["study_uid"]),
-            )
-            c.execute(
-                "UPDATE jobs SET state='queued', sop_set=?, queued_at=? WHERE id=?", (digest, now, job_id)
-            )
-            c.executemany(
-                "INSERT INTO job_images (job_id, sop_uid, file_id) VALUES (?, ?, ?)",
-                [(job_id, r["sop_uid"], r["file_id"]) for r in images],
-            )
+            return [job_id for job_id in job_ids if self._queue(c, job_id, now)]
+
+    @staticmethod
+    def _queue(c: sqlite3.Connection, job_id: int, now: float) -> bool:
+        job = c.execute("SELECT * FROM jobs WHERE id=? AND state='received'", (job_id,)).fetchone()
+        if job is None:
+            return False
+        images = c.execute(
+            "SELECT sop_uid, file_id FROM images WHERE study_uid=?", (job["study_uid"],)
+        ).fetchall()
+        digest = sop_set_digest(str(r["sop_uid"]) for r in images)
+        same = c.execute(
+            "SELECT id FROM jobs WHERE study_uid=? AND sop_set=? AND bundle=?"
+            " AND state IN ('queued', 'running', 'done')",
+            (job["study_uid"], digest, job["bundle"]),
+        ).fetchone()
+        if same is not None:  # re-sent images: nothing new to process
+            c.execute("DELETE FROM jobs WHERE id=?", (job_id,))
+            return False
+        c.execute(
+            "UPDATE jobs SET state='superseded', finished_at=? WHERE study_uid=? AND state='queued'",
+            (now, job["study_uid"]),
+        )
+        c.execute("UPDATE jobs SET state='queued', sop_set=?, queued_at=? WHERE id=?", (digest, now, job_id))
+        c.executemany(
+            "INSERT INTO job_images (job_id, sop_uid, file_id) VALUES (?, ?, ?)",
+            [(job_id, r["sop_uid"], r["file_id"]) for r in images],
+        )
         return True
 
     # --- the worker ------------------------------------------------------------------------------------
@@ -345,41 +359,53 @@ class JobStore(Database):
             )
 
     def claim(self, now: float, busy_studies: Iterable[str] = ()) -> Claim | None:
-        """The oldest queued version that is due and whose study is not in ``busy_studies``, now running
-        (attempts + 1); None when there is none."""
-        busy = sorted(set(busy_studies))
-        marks = ",".join("?" * len(busy))
+        """The oldest due queued version whose study is not busy, now running; None if there is none."""
+        claims = self.claim_many(now, busy_studies, limit=1)
+        return claims[0] if claims else None
+
+    def claim_many(self, now: float, busy_studies: Iterable[str] = (), limit: int = 8) -> list[Claim]:
+        """Up to ``limit`` of the oldest due queued versions, at most one per study and none of
+        ``busy_studies``, now running (attempts + 1), in one transaction."""
+        busy = set(busy_studies)
+        claims: list[Claim] = []
         with self.tx() as c:
-            job = c.execute(
-                "SELECT * FROM jobs WHERE state='queued' AND not_before <= ?"
-                + (f" AND study_uid NOT IN ({marks})" if busy else "")
-                + " ORDER BY first_arrival, id LIMIT 1",
-                (now, *busy),
-            ).fetchone()
-            if job is None:
-                return None
-            c.execute(
-                "UPDATE jobs SET state='running', started_at=?, attempts=attempts+1 WHERE id=?",
-                (now, job["id"]),
-            )
             rows = c.execute(
-                "SELECT ji.sop_uid, ji.file_id, f.path, f.state FROM job_images ji"
-                " JOIN files f ON f.id = ji.file_id WHERE ji.job_id=? ORDER BY f.path",
-                (job["id"],),
+                "SELECT * FROM jobs WHERE state='queued' AND not_before <= ?"
+                " ORDER BY first_arrival, id LIMIT ?",
+                (now, 4 * limit + len(busy)),
             ).fetchall()
-            images = []
-            for row in rows:
-                if row["state"] in ("active", "replaced", "moved"):
-                    images.append(ClaimedImage(row["sop_uid"], row["file_id"], row["path"]))
-                else:
-                    images.append(
-                        ClaimedImage(
-                            row["sop_uid"],
-                            row["file_id"],
-                            None,
-                            self._carried(c, job["study_uid"], row["sop_uid"]),
-                        )
-                    )
+            for job in rows:
+                if len(claims) >= limit or job["study_uid"] in busy:
+                    continue
+                busy.add(job["study_uid"])
+                c.execute(
+                    "UPDATE jobs SET state='running', started_at=?, attempts=attempts+1 WHERE id=?",
+                    (now, job["id"]),
+                )
+                claims.append(self._claimed(c, job, now))
+        return claims
+
+    def unclaim(self, job_ids: Sequence[int]) -> None:
+        """Claimed versions that were never started go back to the queue (shutdown)."""
+        with self.tx() as c:
+            c.executemany(
+                "UPDATE jobs SET state='queued', attempts=max(0, attempts-1) WHERE id=? AND state='running'",
+                [(i,) for i in job_ids],
+            )
+
+    def _claimed(self, c: sqlite3.Connection, job: sqlite3.Row, now: float) -> Claim:
+        rows = c.execute(
+            "SELECT ji.sop_uid, ji.file_id, f.path, f.state FROM job_images ji"
+            " JOIN files f ON f.id = ji.file_id WHERE ji.job_id=? ORDER BY f.path",
+            (job["id"],),
+        ).fetchall()
+        images = []
+        for row in rows:
+            if row["state"] in ("active", "replaced", "moved"):
+                images.append(ClaimedImage(row["sop_uid"], row["file_id"], row["path"]))
+            else:
+                carried = self._carried(c, job["study_uid"], row["sop_uid"])
+                images.append(ClaimedImage(row["sop_uid"], row["file_id"], None, carried))
         return Claim(
             int(job["id"]),
             str(job["study_uid"]),
@@ -401,66 +427,79 @@ class JobStore(Database):
         return None if row is None else dict(json.loads(row["record"]))
 
     def finish(self, job_id: int, outcome: Outcome) -> None:
-        """The commit point of a version: its state, its records, what to do with its files, what to
-        forward and which actions to run — all or nothing."""
-        if outcome.state not in FINISHED:
-            raise ValueError(f"outcome state must be one of {FINISHED}, got {outcome.state!r}")
-        now = time.time()
-        with self.tx() as c:
-            job = c.execute("SELECT study_uid FROM jobs WHERE id=?", (job_id,)).fetchone()
-            c.execute(
-                "UPDATE jobs SET state=?, finished_at=?, error_code=?, message=?, positive=?, priority=?,"
-                " exported=0 WHERE id=?",
-                (
-                    outcome.state,
-                    now,
-                    outcome.error_code,
-                    outcome.message,
-                    None if outcome.positive is None else int(outcome.positive),
-                    outcome.priority,
-                    job_id,
-                ),
-            )
-            c.execute("DELETE FROM results WHERE job_id=?", (job_id,))
-            c.executemany(
-                "INSERT INTO results (job_id, seq, study_uid, sop_uid, record) VALUES (?, ?, ?, ?, ?)",
-                [
-                    (job_id, seq, r.get("study_uid") or job["study_uid"], r.get("sop_uid"), json.dumps(r))
-                    for seq, r in enumerate(outcome.records)
-                ],
-            )
-            for file_id, op, error in outcome.file_ops:
-                if op not in FILE_OPS:
-                    raise ValueError(f"file op must be one of {FILE_OPS}, got {op!r}")
-                c.execute(
-                    "UPDATE files SET pending_op=?, error=coalesce(?, error) WHERE id=?"
-                    " AND state IN ('active', 'replaced', 'moved')",
-                    (op, json.dumps(error) if error else None, file_id),
-                )
-            c.executemany(
-                "INSERT OR IGNORE INTO outbox (job_id, study_uid, kind, path, sop_uid, sop_class, digest,"
-                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (job_id, job["study_uid"], o.kind, o.path, o.sop_uid, o.sop_class, o.digest, now)
-                    for o in outcome.outbox
-                ],
-            )
-            c.executemany(
-                "INSERT OR IGNORE INTO actions (job_id, study_uid, kind, target, payload, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    (job_id, job["study_uid"], kind, target, payload, now)
-                    for kind, target, payload in outcome.actions
-                ],
-            )
+        """The commit point of one version (see :meth:`commit`)."""
+        self.commit([(job_id, outcome)], [])
 
     def retry(self, job_id: int, error_code: str, message: str, not_before: float) -> None:
-        """Back to queued after a transient failure, not before ``not_before`` (wall clock)."""
+        """Back to queued after a transient failure, not before ``not_before`` (see :meth:`commit`)."""
+        self.commit([], [(job_id, error_code, message, not_before)])
+
+    def commit(
+        self, finished: Sequence[tuple[int, Outcome]], retries: Sequence[tuple[int, str, str, float]]
+    ) -> None:
+        """The commit point of versions, all or nothing: each finished one's state, records, what to do
+        with its files, what to forward and which actions to run; each retried one back to queued, not
+        before its wall-clock time."""
+        for _, outcome in finished:
+            if outcome.state not in FINISHED:
+                raise ValueError(f"outcome state must be one of {FINISHED}, got {outcome.state!r}")
+        now = time.time()
         with self.tx() as c:
-            c.execute(
+            for job_id, outcome in finished:
+                self._finish(c, job_id, outcome, now)
+            c.executemany(
                 "UPDATE jobs SET state='queued', not_before=?, error_code=?, message=? WHERE id=?",
-                (not_before, error_code, message, job_id),
+                [(not_before, code, message, job_id) for job_id, code, message, not_before in retries],
             )
+
+    @staticmethod
+    def _finish(c: sqlite3.Connection, job_id: int, outcome: Outcome, now: float) -> None:
+        job = c.execute("SELECT study_uid FROM jobs WHERE id=?", (job_id,)).fetchone()
+        c.execute(
+            "UPDATE jobs SET state=?, finished_at=?, error_code=?, message=?, positive=?, priority=?,"
+            " exported=0 WHERE id=?",
+            (
+                outcome.state,
+                now,
+                outcome.error_code,
+                outcome.message,
+                None if outcome.positive is None else int(outcome.positive),
+                outcome.priority,
+                job_id,
+            ),
+        )
+        c.execute("DELETE FROM results WHERE job_id=?", (job_id,))
+        c.executemany(
+            "INSERT INTO results (job_id, seq, study_uid, sop_uid, record) VALUES (?, ?, ?, ?, ?)",
+            [
+                (job_id, seq, r.get("study_uid") or job["study_uid"], r.get("sop_uid"), json.dumps(r))
+                for seq, r in enumerate(outcome.records)
+            ],
+        )
+        for file_id, op, error in outcome.file_ops:
+            if op not in FILE_OPS:
+                raise ValueError(f"file op must be one of {FILE_OPS}, got {op!r}")
+            c.execute(
+                "UPDATE files SET pending_op=?, error=coalesce(?, error) WHERE id=?"
+                " AND state IN ('active', 'replaced', 'moved')",
+                (op, json.dumps(error) if error else None, file_id),
+            )
+        c.executemany(
+            "INSERT OR IGNORE INTO outbox (job_id, study_uid, kind, path, sop_uid, sop_class, digest,"
+            " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (job_id, job["study_uid"], o.kind, o.path, o.sop_uid, o.sop_class, o.digest, now)
+                for o in outcome.outbox
+            ],
+        )
+        c.executemany(
+            "INSERT OR IGNORE INTO actions (job_id, study_uid, kind, target, payload, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (job_id, job["study_uid"], kind, target, payload, now)
+                for kind, target, payload in outcome.actions
+            ],
+        )
 
     def requeue_failed(self, job_ids: Sequence[int] = ()) -> int:
         """Admin: put failed versions (all, or the given ids) back in the queue with fresh attempts;

@@ -223,7 +223,7 @@ class FolderSource:
             entry.changed = now
 
     def _settle(self, now: float) -> int:
-        settled = 0
+        arrivals: list[Arrival] = []
         for path, entry in list(self._pending.items()):
             try:
                 st = path.stat()
@@ -261,19 +261,22 @@ class FolderSource:
                 entry.unreadable += 1
                 entry.changed = now  # try again after another quiet period
                 continue
-            self.store.register(arrival)
+            arrivals.append(arrival)
+            del self._pending[path]
+        if arrivals:  # one transaction for all the files that settled in this tick
+            self.store.register_many(arrivals)
+        for arrival in arrivals:
             self.metrics.received.labels(source=self.name).inc()
+            code = (arrival.error or {}).get("error_code")
             if code:
                 self.metrics.failures.labels(code=code).inc()
                 logger.warning(
                     "%s cannot be read as DICOM: %s",
-                    path,
+                    arrival.path,
                     code,
                     extra={"event": "file_unreadable", "code": code},
                 )
-            del self._pending[path]
-            settled += 1
-        return settled
+        return len(arrivals)
 
     def hold(self, paths: list[str], last_arrival: float) -> bool:
         """Whether a study whose files are ``paths`` should wait: another file in one of their folders

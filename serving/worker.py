@@ -1,21 +1,24 @@
-"""The worker: queued study versions → the cascade → one commit per version.
+"""The worker: queued study versions → the cascade → commits.
 
-The worker thread feeds :func:`triage.cascade.stream.run_stream` with a lazy iterator that claims the
-next queued version from the store only when the pipeline has room (so decoding, inference and writing
-overlap across studies as in ``triage predict``, with bounded memory). Records come back per image; when
-a version has all of its records it is *finished* in one transaction (:meth:`JobStore.finish`):
+The worker thread feeds :func:`triage.cascade.stream.run_stream` with a lazy iterator that claims queued
+versions from the store (a few per transaction) only when the pipeline has room, so decoding, inference
+and writing overlap across studies as in ``triage predict``, with bounded memory. Records come back per
+image; when a version has all of its records, how it ends is decided:
 
 - any image failed transiently (write failed — e.g. disk full —, unreadable, inference failed, internal)
   → the whole version is re-queued with back-off (outputs are deterministic, a re-run replaces them),
   or marked ``failed`` after the last attempt, its files left in place;
 - otherwise images that failed permanently are quarantined; the version is ``done`` if any image
-  succeeded, else ``quarantined``. Outputs to forward and on-positive actions are recorded in the same
-  transaction, and the input files are kept, moved or deleted as configured.
+  succeeded, else ``quarantined``. Outputs to forward and on-positive actions are recorded with it, and
+  the input files are kept, moved or deleted as configured.
 
-After the commit: results.jsonl is appended, file operations run, the forwarder and action runner are
-woken, the worklist is marked for refresh. On shutdown the iterator stops claiming; the stream finishes
-the versions it holds, so the current studies are committed before the thread ends (a kill -9 instead
-leaves them ``running``; they are re-queued at the next start).
+The versions decided since the last commit are committed together in one transaction
+(:meth:`JobStore.commit`) before the next claim and when the stream ends — a few fsyncs per batch of
+studies instead of per study. After the commit: results.jsonl is appended, file operations run, the
+forwarder and action runner are woken, the worklist is marked for refresh. On shutdown the iterator
+stops claiming (versions claimed but not started go back to the queue); the stream finishes the versions
+it holds and they are committed before the thread ends. A kill -9 instead leaves them ``running``; they
+are re-queued at the next start.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import logging
 import shutil
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,6 +109,8 @@ class Worker:
         self.busy = False
         self.disk_low = False
         self._inflight: dict[int, _Progress] = {}
+        self._finished: list[tuple[Claim, Outcome]] = []  # decided, not yet committed
+        self._retries: list[tuple[Claim, tuple[str, str, float]]] = []
         self._thread = threading.Thread(target=self._run, name="worker", daemon=True)
         self._stop = threading.Event()
         self.error: BaseException | None = None
@@ -142,6 +148,7 @@ class Worker:
                         self._on_record,
                     )
                 finally:
+                    self._commit_pending()
                     self.busy = False
                 self.wake.wait(1.0)
         except BaseException as exc:  # the health check reports a dead worker; the log says why
@@ -172,29 +179,41 @@ class Worker:
     # --- feeding the stream ----------------------------------------------------------------------------
 
     def _inputs(self) -> Iterator[tuple[tuple[int, ClaimedImage], str]]:
-        while not self._stop.is_set():
-            busy = {p.claim.study_uid for p in self._inflight.values()}
-            claim = self.store.claim(time.time(), busy)
-            if claim is None:
-                return
-            progress = _Progress(claim)
-            self._inflight[claim.job_id] = progress
-            logger.info(
-                "study version %d started (%d images, attempt %d)",
-                claim.version,
-                len(claim.images),
-                claim.attempts,
-                extra={"event": "study_started", "study_uid": claim.study_uid, "job": claim.job_id},
-            )
-            for image in claim.images:
-                if image.path is None:
-                    progress.records[image.sop_uid] = (image, image.carried or _gone(claim, image))
-            if progress.complete:
-                self._finish(progress)
-                continue
-            for image in claim.images:
-                if image.path is not None:
-                    yield (claim.job_id, image), image.path
+        """Files of queued versions, claimed a few at a time as the pipeline asks for more. Versions
+        finished since the last call are committed first (one transaction for all of them)."""
+        claims: deque[Claim] = deque()
+        try:
+            while not self._stop.is_set():
+                self._commit_pending()
+                if not claims:
+                    busy = {p.claim.study_uid for p in self._inflight.values()} | self._uncommitted_studies()
+                    claims.extend(
+                        self.store.claim_many(time.time(), busy, limit=self.predictor.options.batch_size)
+                    )
+                    if not claims:
+                        return
+                claim = claims.popleft()
+                progress = _Progress(claim)
+                self._inflight[claim.job_id] = progress
+                logger.info(
+                    "study version %d started (%d images, attempt %d)",
+                    claim.version,
+                    len(claim.images),
+                    claim.attempts,
+                    extra={"event": "study_started", "study_uid": claim.study_uid, "job": claim.job_id},
+                )
+                for image in claim.images:
+                    if image.path is None:
+                        progress.records[image.sop_uid] = (image, image.carried or _gone(claim, image))
+                if progress.complete:
+                    self._finish(progress)
+                    continue
+                for image in claim.images:
+                    if image.path is not None:
+                        yield (claim.job_id, image), image.path
+        finally:
+            if claims:  # claimed but never started (stopping): back to the queue
+                self.store.unclaim([c.job_id for c in claims])
 
     def _on_record(self, key: tuple[int, ClaimedImage], record: ResultRecord) -> None:
         job_id, image = key
@@ -205,12 +224,15 @@ class Worker:
 
     # --- the commit ------------------------------------------------------------------------------------
 
+    def _uncommitted_studies(self) -> set[str]:
+        return {c.study_uid for c, _ in self._finished} | {c.study_uid for c, _ in self._retries}
+
     def _finish(self, progress: _Progress) -> None:
+        """Decide how a version ends (committed with the others finished meanwhile by _commit_pending)."""
         claim = progress.claim
         self._inflight.pop(claim.job_id, None)
         pairs = [progress.records[i.sop_uid] for i in claim.images]
         records = [r for _, r in pairs]
-        now = time.time()
         transient = [
             r for r in records if r.get("status") == "error" and classify(r.get("error_code")) == "transient"
         ]
@@ -221,7 +243,7 @@ class Worker:
         if transient and claim.attempts < self.config.max_attempts:
             code, message = str(transient[0]["error_code"]), str(transient[0].get("message") or "")
             delay = backoff(claim.attempts, self.config.retry_base, self.config.retry_max)
-            self.store.retry(claim.job_id, code, message, now + delay)
+            self._retries.append((claim, (code, message, time.time() + delay)))
             self.metrics.retries.labels(code=code).inc()
             logger.warning(
                 "study version %d: %s on %d image(s); retry %d of %d in %.0f s",
@@ -239,31 +261,45 @@ class Worker:
                 },
             )
             return
-        outcome = self._outcome(claim, pairs, transient)
-        self.store.finish(claim.job_id, outcome)
-        self.metrics.finished.labels(state=outcome.state).inc()
-        self.metrics.processing.observe(max(0.0, now - claim.started_at))
-        self.metrics.arrival_to_result.observe(max(0.0, now - claim.first_arrival))
-        log = logger.warning if outcome.state != "done" else logger.info
-        log(
-            "study version %d %s: %d images, positive=%s",
-            claim.version,
-            outcome.state,
-            len(records),
-            outcome.positive,
-            extra={
-                "event": f"study_{outcome.state}",
-                "study_uid": claim.study_uid,
-                "job": claim.job_id,
-                "code": outcome.error_code,
-                "seconds": round(now - claim.started_at, 3),
-                "arrival_to_result_s": round(now - claim.first_arrival, 3),
-            },
+        self._finished.append((claim, self._outcome(claim, pairs, transient)))
+
+    def _commit_pending(self) -> None:
+        """Commit every version decided since the last commit in one transaction, then act on it:
+        results.jsonl, file operations, metrics, log lines, worklist, forwarding and actions."""
+        if not self._finished and not self._retries:
+            return
+        finished, self._finished = self._finished, []
+        retries, self._retries = self._retries, []
+        self.store.commit(
+            [(claim.job_id, outcome) for claim, outcome in finished],
+            [(claim.job_id, code, message, not_before) for claim, (code, message, not_before) in retries],
         )
-        self.results.export()
-        self.fileops.run_pending()
-        self.worklist.mark()
-        self.after_commit()
+        now = time.time()
+        for claim, outcome in finished:
+            self.metrics.finished.labels(state=outcome.state).inc()
+            self.metrics.processing.observe(max(0.0, now - claim.started_at))
+            self.metrics.arrival_to_result.observe(max(0.0, now - claim.first_arrival))
+            log = logger.warning if outcome.state != "done" else logger.info
+            log(
+                "study version %d %s: %d images, positive=%s",
+                claim.version,
+                outcome.state,
+                len(outcome.records),
+                outcome.positive,
+                extra={
+                    "event": f"study_{outcome.state}",
+                    "study_uid": claim.study_uid,
+                    "job": claim.job_id,
+                    "code": outcome.error_code,
+                    "seconds": round(now - claim.started_at, 3),
+                    "arrival_to_result_s": round(now - claim.first_arrival, 3),
+                },
+            )
+        if finished:
+            self.results.export()
+            self.fileops.run_pending()
+            self.worklist.mark()
+            self.after_commit()
 
     def _outcome(
         self, claim: Claim, pairs: list[tuple[ClaimedImage, dict[str, Any]]], transient: list[dict[str, Any]]
