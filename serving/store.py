@@ -382,6 +382,14 @@ class JobStore(Database):
                     "UPDATE jobs SET state='running', started_at=?, attempts=attempts+1 WHERE id=?",
                     (now, job["id"]),
                 )
+                # processed with the bundle loaded now (after an upgrade: versions queued before it)
+                c.execute(
+                    "UPDATE jobs SET bundle=? WHERE id=? AND NOT EXISTS (SELECT 1 FROM jobs o WHERE"
+                    " o.study_uid = jobs.study_uid AND o.sop_set = jobs.sop_set AND o.bundle = ?"
+                    " AND o.id != jobs.id"
+                    " AND o.state IN ('queued', 'running', 'done'))",
+                    (self.bundle_hash, job["id"], self.bundle_hash),
+                )
                 claims.append(self._claimed(c, job, now))
         return claims
 

@@ -35,7 +35,7 @@ def free_port() -> int:
 
 
 def require_tool(name: str, package: str) -> str:
-    path = shutil.which(name)
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")  # Orthanc is in /usr/sbin
     if path is None:
         message = f"{name} not found; install the Debian package {package} (make dcmtk does)"
         if os.environ.get("CI"):

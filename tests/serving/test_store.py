@@ -186,3 +186,17 @@ def test_file_operations_are_idempotent(store: JobStore, tmp_path: Path) -> None
     assert not gone.exists() and not inp.joinpath("sub").exists() and inp.exists()
     assert (note.parent / "3-c.bin").exists() and json.loads(note.read_text())["error_code"] == "not_dicom"
     assert len(list((out / "quarantine").rglob("*"))) == 3  # the folder, the file, its record
+
+
+def test_a_version_queued_before_a_bundle_upgrade_is_keyed_by_the_bundle_that_runs_it(tmp_path: Path) -> None:
+    old = JobStore(tmp_path / "jobs.sqlite3", "sha256:old")
+    old.register(arrival(tmp_path / "a.dcm", "1.1"))
+    old.queue(old.received_due(200.0, 10)[0][0])
+    old.close()
+    new = JobStore(tmp_path / "jobs.sqlite3", "sha256:new")
+    claim = new.claim(1000.0)
+    assert claim is not None
+    new.finish(claim.job_id, Outcome("done", [ok("a", "1.1")]))
+    assert new.jobs(("done",))[0]["bundle"] == "sha256:new"
+    new.register(arrival(tmp_path / "a2.dcm", "1.1", at=300.0))  # re-sent: already done with this bundle
+    assert not new.queue(new.received_due(400.0, 10)[0][0])
