@@ -14,8 +14,8 @@ CPU seconds and peak resident memory come from each process's rusage (the watche
 start-up and idle time). The goal in issue 7: the watcher's throughput within 20% of predict's, with
 bounded memory.
 
-Usage:  python benchmarks/bench_service.py [--studies 500] [--size 256] [--quiet 2] [--model BUNDLE]
-                                           [--json out.json] [--workdir DIR]
+Usage:  python benchmarks/bench_service.py [--studies 500] [--size 256] [--quiet 2] [--rounds 3]
+                                           [--model BUNDLE] [--json out.json] [--workdir DIR]
 Without --model a tiny test bundle is built (tests/bundles.py; needs the onnx package).
 """
 
@@ -142,6 +142,12 @@ def run_watch(studies: Path, bundle: Path, work: Path, threads: int, quiet: floa
     return {"seconds": wall - quiet, "wall_s": wall, **usage}
 
 
+def _median(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median ``seconds`` (its other numbers with it), plus every run's seconds."""
+    ordered = sorted(results, key=lambda r: r["seconds"])
+    return {**ordered[len(ordered) // 2], "all_seconds": [round(r["seconds"], 2) for r in results]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -151,6 +157,9 @@ def main() -> None:
     parser.add_argument("--quiet", type=float, default=2.0, help="the watcher's --quiet-seconds")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0 = all cores)")
     parser.add_argument("--model", type=Path, help="bundle folder; default: a tiny test bundle")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="alternating runs of both; medians are reported"
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--workdir", type=Path, help="keep the work here instead of a temporary folder")
     args = parser.parse_args()
@@ -169,14 +178,23 @@ def main() -> None:
     synthesize(SynthRequest(work / "synth", studies=args.studies, size=args.size, seed=1))
     studies = work / "synth" / "dicom-images-train"
 
-    predict = run_predict(studies, bundle, work / "predict-out", args.threads)
-    watch = run_watch(studies, bundle, work, args.threads, args.quiet, args.studies)
-    rows = {"predict": predict, "watch": watch}
-    ratio = (args.studies / watch["seconds"]) / (args.studies / predict["seconds"])
+    runs: dict[str, list[dict[str, Any]]] = {"predict": [], "watch": []}
+    for n in range(args.rounds):  # alternate, so that a change in the machine's load hits both
+        for sub in ("predict-out", "in", "watch-out"):
+            shutil.rmtree(work / sub, ignore_errors=True)
+        runs["predict"].append(run_predict(studies, bundle, work / "predict-out", args.threads))
+        runs["watch"].append(run_watch(studies, bundle, work, args.threads, args.quiet, args.studies))
+        print(
+            f"round {n + 1}: predict {runs['predict'][-1]['seconds']:.1f} s,"
+            f" watch {runs['watch'][-1]['seconds']:.1f} s",
+            flush=True,
+        )
+    rows = {name: _median(results) for name, results in runs.items()}
+    ratio = (args.studies / rows["watch"]["seconds"]) / (args.studies / rows["predict"]["seconds"])
     print()
     print(
         f"{args.studies} studies, {args.size} px, {os.cpu_count()} cores ({platform.processor() or 'cpu'}),"
-        f" quiet period {args.quiet:g} s"
+        f" quiet period {args.quiet:g} s, median of {args.rounds} round(s)"
     )
     print(f"{'':8} {'seconds':>8} {'studies/s':>10} {'wall s':>8} {'CPU s':>7} {'peak RSS MB':>12}")
     for name, r in rows.items():

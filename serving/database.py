@@ -1,5 +1,6 @@
 """The SQLite database under the job store: schema, connection, transactions, and the plain row
-queries (file operations, the results.jsonl export, outbox and action rows, reporting). The job state
+queries (file operations, the results.jsonl export, outbox and action rows, reporting) and the records
+the store passes around (Arrival, Claim, Outcome, ...). The job state
 machine (arrivals, versions, claims, the commit that ends a version) is :mod:`serving.store`.
 
 One database per service output folder, in WAL mode with ``synchronous=FULL`` (a commit survives a
@@ -15,7 +16,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,67 @@ _SET_OFFSET = (
 
 class StoreError(Exception):
     """The database cannot be used (another schema version, a damaged file); the message says why."""
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """A complete input file: where it is, its identity (size, mtime), when it arrived (wall clock, the
+    time it stopped changing) and the study / SOP its header names; ``error`` (a JSON record) when the
+    header could not be read, then study and SOP are None."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    arrived_at: float
+    study_uid: str | None
+    sop_uid: str | None
+    error: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class ClaimedImage:
+    """One SOP of a claimed version: ``path`` to process, or ``carried`` (the record of an earlier version,
+    when the file is gone: deleted or quarantined after that version)."""
+
+    sop_uid: str
+    file_id: int
+    path: str | None
+    carried: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Claim:
+    job_id: int
+    study_uid: str
+    version: int
+    attempts: int
+    first_arrival: float
+    started_at: float
+    images: tuple[ClaimedImage, ...]
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    kind: str
+    path: str  # relative to the output folder
+    sop_uid: str
+    sop_class: str
+    digest: str
+
+
+@dataclass
+class Outcome:
+    """How a claimed version ends; written in one transaction by :meth:`JobStore.finish`."""
+
+    state: str  # done | failed | quarantined
+    records: list[dict[str, Any]]
+    error_code: str | None = None
+    message: str | None = None
+    positive: bool | None = None
+    priority: float | None = None
+    file_ops: list[tuple[int, str, dict[str, Any] | None]] = field(default_factory=list)  # (file, op, error)
+    outbox: list[OutboxItem] = field(default_factory=list)
+    actions: list[tuple[str, str, str]] = field(default_factory=list)  # (kind, target, payload JSON)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,6 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from serving.database import (
@@ -38,9 +37,14 @@ from serving.database import (
     FINISHED,
     JOB_STATES,
     SCHEMA_VERSION,
+    Arrival,
+    Claim,
+    ClaimedImage,
     Database,
     FileOp,
     FinishedJob,
+    OutboxItem,
+    Outcome,
     StoreError,
 )
 
@@ -58,67 +62,6 @@ __all__ = [
     "StoreError",
     "sop_set_digest",
 ]
-
-
-@dataclass(frozen=True)
-class Arrival:
-    """A complete input file: where it is, its identity (size, mtime), when it arrived (wall clock, the
-    time it stopped changing) and the study / SOP its header names; ``error`` (a JSON record) when the
-    header could not be read, then study and SOP are None."""
-
-    path: str
-    size: int
-    mtime_ns: int
-    arrived_at: float
-    study_uid: str | None
-    sop_uid: str | None
-    error: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True)
-class ClaimedImage:
-    """One SOP of a claimed version: ``path`` to process, or ``carried`` (the record of an earlier version,
-    when the file is gone: deleted or quarantined after that version)."""
-
-    sop_uid: str
-    file_id: int
-    path: str | None
-    carried: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True)
-class Claim:
-    job_id: int
-    study_uid: str
-    version: int
-    attempts: int
-    first_arrival: float
-    started_at: float
-    images: tuple[ClaimedImage, ...]
-
-
-@dataclass(frozen=True)
-class OutboxItem:
-    kind: str
-    path: str  # relative to the output folder
-    sop_uid: str
-    sop_class: str
-    digest: str
-
-
-@dataclass
-class Outcome:
-    """How a claimed version ends; written in one transaction by :meth:`JobStore.finish`."""
-
-    state: str  # done | failed | quarantined
-    records: list[dict[str, Any]]
-    error_code: str | None = None
-    message: str | None = None
-    positive: bool | None = None
-    priority: float | None = None
-    file_ops: list[tuple[int, str, dict[str, Any] | None]] = field(default_factory=list)  # (file, op, error)
-    outbox: list[OutboxItem] = field(default_factory=list)
-    actions: list[tuple[str, str, str]] = field(default_factory=list)  # (kind, target, payload JSON)
 
 
 def sop_set_digest(sops: Iterable[str]) -> str:
