@@ -56,18 +56,19 @@ $(VENV)/.installed-: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 	$(BIN)/pip install --no-input -c $(CONSTRAINTS) -e .
 	touch $@
 
-# dcmtk (dcmdump, storescu, echoscu, dcmcjpeg, ...), dicom3tools (dciodvfy) and orthanc (the PACS of the
-# service tests) are used by the DICOM interoperability tests. apt-get must not start the orthanc system
-# service: if no policy-rc.d forbids it (Docker's Debian images ship one), one is put in place for the
-# install and removed again.
+# dcmtk (dcmdump, storescu, echoscu, dcmcjpeg, ...), dicom3tools (dciodvfy), openjph-tools (ojph_compress:
+# an independent HTJ2K encoder) and orthanc (the PACS of the service tests) are used by the DICOM
+# interoperability tests. apt-get must not start the orthanc system service: if no policy-rc.d forbids it
+# (Docker's Debian images ship one), one is put in place for the install and removed again.
 dcmtk:
 	@pkgs=""; \
 	command -v dcmdump >/dev/null 2>&1 || pkgs="$$pkgs dcmtk"; \
 	command -v dciodvfy >/dev/null 2>&1 || pkgs="$$pkgs dicom3tools"; \
-	command -v Orthanc >/dev/null 2>&1 || pkgs="$$pkgs orthanc"; \
+	command -v ojph_compress >/dev/null 2>&1 || pkgs="$$pkgs openjph-tools"; \
+	command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ] || pkgs="$$pkgs orthanc"; \
 	if [ -n "$$pkgs" ]; then \
 	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	        echo "dcmdump/dciodvfy/Orthanc not found: installing Debian package(s)$$pkgs"; \
+	        echo "installing Debian package(s)$$pkgs for the interoperability tests"; \
 	        export DEBIAN_FRONTEND=noninteractive; \
 	        policy=""; \
 	        if [ ! -e /usr/sbin/policy-rc.d ]; then \
