@@ -167,14 +167,18 @@ def test_missing_serving_extra_is_a_one_line_error(tmp_path: Path) -> None:
 def test_logs_are_json_and_never_quote_dicom_values() -> None:
     stream = io.StringIO()
     root = logging.getLogger()
-    saved = (list(root.handlers), root.level, warnings.showwarning)
+    saved = (list(root.handlers), root.level)
     try:
-        setup_logging("info", stream=stream)
-        logging.getLogger("serving.test").info("study done", extra={"event": "study_done", "job": 3})
-        logging.getLogger("pydicom.valuerep").warning("Invalid value for VR PN: %r", PHI["PatientName"])
-        warnings.warn(f"Invalid value {PHI['PatientID']}", UserWarning, stacklevel=1)
+        with warnings.catch_warnings():  # pytest records warnings; let this one reach logging
+            warnings.simplefilter("always")
+            logging.captureWarnings(False)  # an earlier test may have left it on: start from the default
+            setup_logging("info", stream=stream)
+            logging.getLogger("serving.test").info("study done", extra={"event": "study_done", "job": 3})
+            logging.getLogger("pydicom.valuerep").warning("Invalid value for VR PN: %r", PHI["PatientName"])
+            warnings.warn(f"Invalid value {PHI['PatientID']}", UserWarning, stacklevel=1)
+            logging.captureWarnings(False)
     finally:
-        root.handlers[:], warnings.showwarning = saved[0], saved[2]
+        root.handlers[:] = saved[0]
         root.setLevel(saved[1])
     entries = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert (
@@ -183,4 +187,5 @@ def test_logs_are_json_and_never_quote_dicom_values() -> None:
     assert entries[0]["ts"].endswith("Z") and entries[0]["level"] == "INFO"
     text = stream.getvalue()
     assert PHI["PatientName"] not in text and PHI["PatientID"] not in text
+    assert len(entries) == 3, entries
     assert "withheld" in entries[1]["msg"] and "UserWarning" in entries[2]["msg"]
