@@ -114,7 +114,8 @@ class Geometric:
         return np.stack([(y + 1) * (h - 1) / 2, (x + 1) * (w - 1) / 2])
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
-        coords = self.coordinates(sample[IMAGE].shape, rng)  # type: ignore[arg-type]
+        h, w = sample[IMAGE].shape
+        coords = self.coordinates((h, w), rng)
         if coords is None:
             return sample
         out: Sample = {}

@@ -19,8 +19,11 @@ from training.run_format import read_run_card
 
 
 def _setup_logging(quiet: bool) -> None:
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
 
 
 def _error(command: str, message: str) -> int:
@@ -28,21 +31,53 @@ def _error(command: str, message: str) -> int:
     return 2
 
 
-def train_command(role: str, data: Path, out: Path, *, preset: str, config: Path | None, overrides: list[str],
-                  folds: int, fold: str, epochs: int | None, batch_size: int | None, lr: float | None,
-                  seed: int | None, device: str | None, workers: int | None, init: Path | None, resume: bool,
-                  drop_bad_labels: bool, cache: Path | None, quiet: bool) -> int:
+def train_command(
+    role: str,
+    data: Path,
+    out: Path,
+    *,
+    preset: str,
+    config: Path | None,
+    overrides: list[str],
+    folds: int,
+    fold: str,
+    epochs: int | None,
+    batch_size: int | None,
+    lr: float | None,
+    seed: int | None,
+    device: str | None,
+    workers: int | None,
+    init: Path | None,
+    resume: bool,
+    drop_bad_labels: bool,
+    cache: Path | None,
+    quiet: bool,
+) -> int:
     _setup_logging(quiet)
     try:
-        cfg = resolve(role, preset, config, overrides, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                      device=device, workers=workers)
+        cfg = resolve(
+            role,
+            preset,
+            config,
+            overrides,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            device=device,
+            workers=workers,
+        )
         fold_value = fold if fold in ("all", "full") else parse_fold(fold, folds)
-        req = RunRequest(data, out, folds, fold_value, resume, drop_bad_labels, init, cache,
-                         progress=not quiet)
+        req = RunRequest(
+            data, out, folds, fold_value, resume, drop_bad_labels, init, cache, progress=not quiet
+        )
         runs = train(cfg, req)
     except Interrupted as exc:
-        typer.echo(f"triage train {role}: {exc}; the state is saved in {out}: run the same command with "
-                   "--resume to continue", err=True)
+        typer.echo(
+            f"triage train {role}: {exc}; the state is saved in {out}: run the same command with "
+            "--resume to continue",
+            err=True,
+        )
         return 130
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         return _error(f"train {role}", str(exc))
@@ -66,15 +101,28 @@ def thresholds_command(classifier: Path, segmenter: Path, apply_to: list[Path], 
     except (DataError, ValueError) as exc:
         return _error("train thresholds", str(exc))
     keys = ("gate", "top", "min_area", "bottom", "min_component")
-    typer.echo("chosen: " + ", ".join(f"{k} {block[k]}" for k in keys)
-               + f" → Dice per image {result.value:.4f} on {result.images} out-of-fold images")
-    typer.echo(f"written into {len(cls_runs)} classifier and {len(seg_runs)} segmenter run card(s); "
-               f"search summary: {segmenter / 'thresholds.json'}")
+    typer.echo(
+        "chosen: "
+        + ", ".join(f"{k} {block[k]}" for k in keys)
+        + f" → Dice per image {result.value:.4f} on {result.images} out-of-fold images"
+    )
+    typer.echo(
+        f"written into {len(cls_runs)} classifier and {len(seg_runs)} segmenter run card(s); "
+        f"search summary: {segmenter / 'thresholds.json'}"
+    )
     return 0
 
 
-def experiment_command(data: Path, out: Path, test: Path | None, preset: str, folds: int,
-                       overrides: list[str], cache: Path | None, quiet: bool) -> int:
+def experiment_command(
+    data: Path,
+    out: Path,
+    test: Path | None,
+    preset: str,
+    folds: int,
+    overrides: list[str],
+    cache: Path | None,
+    quiet: bool,
+) -> int:
     from training.experiment import run
 
     _setup_logging(quiet)
@@ -89,7 +137,9 @@ def experiment_command(data: Path, out: Path, test: Path | None, preset: str, fo
     if test is not None:
         typer.echo((out / "test.md").read_text(encoding="utf-8"))
     t = summary["timings"]
-    typer.echo(f"wall {t['wall_s_this_invocation']:.0f} s, CPU {t['cpu_s_this_invocation']:.0f} s "
-               "(this invocation); "
-               f"results in {out}/table.md and {out}/experiment.json")
+    typer.echo(
+        f"wall {t['wall_s_this_invocation']:.0f} s, CPU {t['cpu_s_this_invocation']:.0f} s "
+        "(this invocation); "
+        f"results in {out}/table.md and {out}/experiment.json"
+    )
     return 0

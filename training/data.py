@@ -83,7 +83,7 @@ class GridDataset(Dataset[dict[str, torch.Tensor]]):
             out[name] = arr.astype(np.float32) / (np.float32(255) if name == "heatmap" else np.float32(1))
         return out
 
-    def __getitem__(self, key: Key | int) -> dict[str, torch.Tensor]:  # type: ignore[override]
+    def __getitem__(self, key: Key | int) -> dict[str, torch.Tensor]:
         row, position = (key, 0) if isinstance(key, (int, np.integer)) else key
         sample = self.sample(int(row))
         if self.pipeline.transforms:
@@ -144,7 +144,7 @@ class EpochBatches(Sampler[list[Key]]):
 def loader(dataset: GridDataset, batches: Sampler[list[Key]] | list[list[int]], workers: int) -> DataLoader:  # type: ignore[type-arg]
     return DataLoader(
         dataset,
-        batch_sampler=batches,  # type: ignore[arg-type]
+        batch_sampler=batches,
         num_workers=workers,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=False,

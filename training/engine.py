@@ -257,7 +257,7 @@ class Trainer:
         self.run.mkdir(parents=True, exist_ok=True)
         self.model.to(self.device)
         if self.device.type == "cuda":
-            self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            self.model.to(memory_format=torch.channels_last)
         labels = self.train_set.grids.labels
         pos = int(labels[list(self.train_rows)].sum())
         pos_weight = (len(self.train_rows) - pos) / max(1, pos) if cfg.balance == "pos_weight" else None

@@ -66,7 +66,7 @@ def _load(run: Path, card: RunCard, device: torch.device) -> torch.nn.Module:
 
 def from_runs(runs: list[Path], device: str = "auto") -> Cascade:
     """A Cascade of 1–2 run folders (ValueError naming the problem)."""
-    cards = {}
+    cards: dict[str, tuple[Path, RunCard]] = {}
     for run in runs:
         card = read_run_card(run)
         role = "classifier" if card.role == "classifier" else "segmenter"

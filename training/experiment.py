@@ -115,7 +115,8 @@ def _gate(oof: CascadeOOF, gate_kind: str, th: dict[str, Any], tta: bool) -> np.
         return oof.labels > 0
     if gate_kind == NO_GATE:
         return np.ones(len(oof.ids), bool)
-    return (oof.prob_tta if tta else oof.prob) >= th["gate"]
+    passed: np.ndarray = (oof.prob_tta if tta else oof.prob) >= th["gate"]
+    return passed
 
 
 def nested_scores(oof: CascadeOOF, gate_kind: str, rows: tuple[str, ...] = ROWS) -> dict[str, list[Scores]]:

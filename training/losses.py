@@ -59,7 +59,8 @@ class Focal(nn.Module):
     def forward(self, logit: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         from torchvision.ops import sigmoid_focal_loss
 
-        return sigmoid_focal_loss(logit.float(), target.float(), self.alpha, self.gamma, reduction="mean")
+        out: torch.Tensor = sigmoid_focal_loss(logit.float(), target.float(), self.alpha, self.gamma, "mean")
+        return out
 
 
 class Combo(nn.Module):
@@ -96,7 +97,8 @@ def build_loss(config: TrainConfig, pos_weight: float | None = None) -> nn.Modul
         if config.loss == "combo":
             return Combo(**opts)
         if config.loss == "bce":
-            return losses.SoftBCEWithLogitsLoss(**opts)
+            bce: nn.Module = losses.SoftBCEWithLogitsLoss(**opts)
+            return bce
         factory = {
             "jaccard": losses.JaccardLoss,
             "dice": losses.DiceLoss,

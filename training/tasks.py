@@ -34,7 +34,9 @@ class Task:
         if isinstance(model, CamClassifier):
             return model.backbone
         assert isinstance(model, Segmenter)
-        return model.net.encoder  # type: ignore[no-any-return]
+        encoder = model.net.encoder
+        assert isinstance(encoder, nn.Module)
+        return encoder
 
     def forward(self, model: nn.Module, batch: Batch) -> Outputs:
         x = batch["image"]

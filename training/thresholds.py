@@ -43,7 +43,8 @@ class LazyMaps(Sequence[NDArray[Any]]):
 
     def __getitem__(self, i: int) -> NDArray[Any]:  # type: ignore[override]
         arr, row = self.parts[i]
-        return arr[row]
+        out: NDArray[Any] = arr[row]
+        return out
 
 
 @dataclass(frozen=True)
