@@ -8,7 +8,8 @@ Folder layout::
 
 A run folder: model.json (the card export reads), best.safetensors / last.safetensors, config.yaml (the
 resolved configuration), data.json (which images trained and validated), metrics.csv and tb/ (logs),
-label_problems.csv (when there were any), oof/ (fold runs), state.pt (only while unfinished: resume).
+label_problems.csv (when there were any), oof/ (fold runs), fit.json (the fit's summary), state.pt (only
+while unfinished: resume).
 """
 
 from __future__ import annotations
