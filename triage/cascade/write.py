@@ -18,11 +18,12 @@ from triage.outputs.dicom_objects import BundleInfo
 from triage.outputs.overlay import render_overlay, save_mask_png
 from triage.outputs.paths import study_dir, validated_uid
 from triage.outputs.records import ResultRecord
+from triage.outputs.saliency import render_saliency_panel, write_saliency_sc
 from triage.outputs.sc import write_sc
 from triage.outputs.seg import write_seg
 from triage.outputs.sr import write_sr
 
-FORMATS = ("png", "seg", "sc", "sr")
+FORMATS = ("png", "seg", "sc", "sr", "saliency")
 
 
 def error_record(item: Item, bundle_label: str) -> ResultRecord:
@@ -57,13 +58,28 @@ def source_mask(item: Item, bundle: Bundle) -> NDArray[np.bool_]:
     return to_source(grid_mask.astype(np.float32), item.seg_input.geometry) >= 0.5
 
 
+def _cam_on_source(item: Item) -> NDArray[np.float32] | None:
+    """The classifier's CAM on the source grid, or None."""
+    assert item.image is not None and item.gate_input is not None
+    if item.cam is None:
+        return None
+    return np.clip(to_source(item.cam, item.gate_input.geometry), 0.0, 1.0)
+
+
+def _model_saliency_on_source(item: Item) -> NDArray[np.float32] | None:
+    """The saliency model's map on the source grid, or None."""
+    assert item.image is not None
+    if item.saliency is None:
+        return None
+    prepared = item.sal_input or item.gate_input
+    assert prepared is not None
+    return np.clip(to_source(item.saliency, prepared.geometry), 0.0, 1.0)
+
+
 def _saliency_on_source(item: Item) -> NDArray[np.float32] | None:
     """The map shown in the overlay: the saliency model's if present, else the classifier's CAM."""
-    assert item.image is not None and item.gate_input is not None
-    chosen = item.saliency if item.saliency is not None else item.cam
-    if chosen is None:
-        return None
-    return np.clip(to_source(chosen, item.gate_input.geometry), 0.0, 1.0)
+    chosen = _model_saliency_on_source(item)
+    return chosen if chosen is not None else _cam_on_source(item)
 
 
 def finish_item(item: Item, bundle: Bundle, out: Path, formats: frozenset[str]) -> ResultRecord:
@@ -88,12 +104,12 @@ def finish_item(item: Item, bundle: Bundle, out: Path, formats: frozenset[str]) 
             return path.relative_to(out).as_posix()
 
         overlay = None
+        area_text = f"{area_mm2:.0f} mm²" if area_mm2 is not None else f"{area} px"
+        caption = (
+            f"P(PTX)={probability:.2f} · {'POSITIVE' if positive else 'negative'}"
+            f"{' · area ' + area_text if positive else ''} · {bundle.label}"
+        )
         if formats & {"png", "sc"}:
-            area_text = f"{area_mm2:.0f} mm²" if area_mm2 is not None else f"{area} px"
-            caption = (
-                f"P(PTX)={probability:.2f} · {'POSITIVE' if positive else 'negative'}"
-                f"{' · area ' + area_text if positive else ''} · {bundle.label}"
-            )
             overlay = render_overlay(
                 image.pixels, mask if positive else None, _saliency_on_source(item), caption=caption
             )
@@ -103,6 +119,16 @@ def finish_item(item: Item, bundle: Bundle, out: Path, formats: frozenset[str]) 
             if positive:
                 save_mask_png(folder / f"{sop}_mask.png", mask)
                 outputs["mask_png"] = rel(folder / f"{sop}_mask.png")
+        model_map = _model_saliency_on_source(item)
+        if model_map is not None and "png" in formats:
+            panel = render_saliency_panel(
+                image.pixels, mask if positive else None, _cam_on_source(item), model_map, caption=caption
+            )
+            atomic_save_png(folder / f"{sop}_saliency.png", panel)
+            outputs["saliency_png"] = rel(folder / f"{sop}_saliency.png")
+        if model_map is not None and "saliency" in formats:
+            write_saliency_sc(image.dataset, model_map, folder / f"{sop}_saliency_sc.dcm", bundle=info)
+            outputs["saliency_sc"] = rel(folder / f"{sop}_saliency_sc.dcm")
         if "seg" in formats and positive:
             write_seg(image.dataset, mask, folder / f"{sop}_seg.dcm", bundle=info)
             outputs["seg"] = rel(folder / f"{sop}_seg.dcm")

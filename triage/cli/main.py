@@ -144,8 +144,13 @@ def predict(
     tta: Annotated[bool, typer.Option(help="Test-time augmentation as the bundle's card lists.")] = True,
     saliency: Annotated[bool, typer.Option(help="Saliency (CAM, and the saliency model if any).")] = True,
     output_format: Annotated[
-        str, typer.Option("--format", help="Comma-separated outputs: png, seg, sc, sr.")
-    ] = "png,seg,sc",
+        str,
+        typer.Option(
+            "--format",
+            help="Comma-separated outputs: png, seg, sc, sr, saliency (the saliency model's map as a "
+            "DICOM Secondary Capture; only with a bundle that has one).",
+        ),
+    ] = "png,seg,sc,saliency",
     batch_size: Annotated[int, typer.Option(help="Images per model call.")] = 8,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     threads: Annotated[int, typer.Option(help="ONNX Runtime threads; 0 = the cores available.")] = 0,
