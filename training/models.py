@@ -140,7 +140,11 @@ class SaliencyNet(nn.Module):
                 "the saliency network's classification head must be average pooling + one linear"
             )
         self.net = net
-        self.head_linear: nn.Linear = linears[0]
+
+    @property
+    def head_linear(self) -> nn.Linear:
+        """The classification head's linear layer (not registered twice: state dict keys stay net.*)."""
+        return next(m for m in self.net.classification_head.modules() if isinstance(m, nn.Linear))
 
     @property
     def encoder(self) -> nn.Module:
