@@ -183,5 +183,68 @@ def predict(
     raise typer.Exit(run_predict(paths, model, out, options))
 
 
+# `triage train classifier|segmenter|baseline|thresholds`: the sub-app imports only typer; each command
+# imports the training code (torch) when it runs. Bodies: triage/cli/train_cmd.py, training/.
+from triage.cli.train_cmd import train_app  # noqa: E402
+
+app.add_typer(train_app, name="train")
+
+
+@app.command()
+def evaluate(
+    model: Annotated[
+        list[Path],
+        typer.Option("--model", "-m", help="A bundle, or training runs: a classifier run and/or a "
+                                           "segmenter/baseline run."),
+    ],
+    data: Annotated[Path, typer.Option(help="Labelled data: SIIM-ACR layout or folder format.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report folder (report.md, report.json, PNGs).")],
+    tta: Annotated[bool, typer.Option(help="Test-time augmentation as the model lists it.")] = True,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the intervals (0: off).")] = 1000,
+    overlays: Annotated[int, typer.Option(help="Overlay tiles per group (best, worst, false pos.).")] = 4,
+    section: Annotated[
+        list[str] | None, typer.Option(help="Report sections to write (default: all built-in; repeatable).")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    cache: Annotated[Path | None, typer.Option(help="Grid cache (default ~/.cache/triage/grids).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per model call.")] = 8,
+) -> None:
+    """Measure a bundle or runs on labelled data: Dice per image, Dice, IoU, AUC with bootstrap intervals,
+    sensitivity/specificity at the gate, results per stratum, ROC, threshold surface, best/worst overlays."""
+    from triage.cli.evaluate_cmd import run_evaluate
+    from triage.evaluation.context import EvalOptions
+    from triage.evaluation.sections import DEFAULT_SECTIONS
+
+    if device not in ("auto", "cpu", "cuda"):
+        fail("evaluate", f"--device must be auto, cpu or cuda, got {device!r}")
+    if bootstrap < 0 or overlays < 0 or batch_size < 1:
+        fail("evaluate", "--bootstrap and --overlays must be >= 0 and --batch-size >= 1")
+    options = EvalOptions(bootstrap=bootstrap, overlays=overlays)
+    sections = list(section or DEFAULT_SECTIONS)
+    raise typer.Exit(run_evaluate(model, data, out, options, sections, tta, device, cache, batch_size))
+
+
+@app.command()
+def experiment(
+    data: Annotated[Path, typer.Option(help="Training data for the 5-fold cross-validation.")],
+    out: Annotated[Path, typer.Option(help="Experiment folder (runs, table, reports).")],
+    test: Annotated[Path | None, typer.Option(help="Held-out test data, per fold and stratum.")] = None,
+    preset: Annotated[str, typer.Option(help="seed, small or tiny.")] = "small",
+    folds: Annotated[int, typer.Option(help="Number of folds.")] = 5,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="ROLE.KEY=VALUE for one role (classifier.epochs=8), KEY=VALUE for all."),
+    ] = None,
+    cache: Annotated[Path | None, typer.Option(help="Grid cache folder.")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """The cascade-vs-baseline table (the thesis's Table 5.1) on your data: cross-validate the classifier,
+    the positive-only U-Net and the baseline U-Net; argmax / threshold / TTA rows, 5-fold mean ± std.
+    Resumable: run it again to continue."""
+    from triage.cli.train_cmd import run_experiment
+
+    raise typer.Exit(run_experiment(data, out, test, preset, folds, set_ or [], cache, quiet))
+
+
 if __name__ == "__main__":
     app()

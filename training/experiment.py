@@ -1,0 +1,383 @@
+"""``triage experiment``: the thesis's Table 5.1 on your data — the one-case cascade against the baseline
+U-Net, with argmax / threshold / TTA post-processing, 5-fold mean ± std — plus what each stage
+contributes (classifier AUC, oracle-gated U-Net) and, with ``--test``, a held-out evaluation per stratum.
+
+Steps (each resumable; run the command again to continue after an interruption):
+
+1. cross-validate the classifier, the positive-only segmenter and the baseline (``--fold all``) into
+   ``OUT/classifier``, ``OUT/segmenter``, ``OUT/baseline``;
+2. choose thresholds on all out-of-fold predictions and write them into the run cards (what export reads);
+3. the table: for each fold k, thresholds are chosen on the *other* folds' out-of-fold predictions and
+   applied to fold k (nested, so no fold is scored with thresholds tuned on itself); mean ± std over folds;
+4. with ``--test``: ``triage evaluate`` of each fold's cascade (classifier + segmenter runs) and baseline
+   on the test set; per-stratum AUC and Dice per image, mean ± std over the fold models.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training.config import ROLES, TrainConfig, resolve
+from training.run import RunRequest, fold_runs, train
+from training.thresholds import CascadeOOF, choose, load_oof, write_thresholds
+from triage.bundle import Thresholds
+from triage.cascade.postprocess import triplet_mask
+from triage.evaluation.context import EvalOptions
+from triage.evaluation.search import SearchGrid, search
+
+logger = logging.getLogger(__name__)
+ROWS = ("argmax", "threshold", "TTA", "TTA + triplet")
+NO_GATE = "none"
+
+
+def configs(preset: str, overrides: list[str]) -> dict[str, TrainConfig]:
+    """Per-role configs; ``ROLE.KEY=VALUE`` applies to one role, ``KEY=VALUE`` to all."""
+    out = {}
+    for role in ROLES:
+        mine = []
+        for pair in overrides:
+            head, _, rest = pair.partition(".")
+            if head in ROLES:
+                if head == role:
+                    mine.append(rest)
+            else:
+                mine.append(pair)
+        out[role] = resolve(role, preset, overrides=mine)
+    return out
+
+
+@dataclass(frozen=True)
+class Scores:
+    dice_per_image: float
+    dice: float
+    iou: float
+
+
+def _score(oof: CascadeOOF, gate: np.ndarray, th: Thresholds, tta: bool) -> Scores:
+    maps = oof.seg_tta if tta else oof.seg
+    n = len(oof.ids)
+    inter, pred, truth = np.zeros(n), np.zeros(n), np.zeros(n)
+    for i in range(n):
+        t = np.asarray(oof.truth[i]) > 0
+        truth[i] = t.sum()
+        if gate[i]:
+            m = triplet_mask(np.asarray(maps[i], np.float32), th)
+            pred[i], inter[i] = m.sum(), (m & t).sum()
+    denom = pred + truth
+    dpi = np.where(denom == 0, 1.0, 2 * inter / np.maximum(denom, 1))
+    pooled = 2 * inter.sum() / max(1.0, denom.sum()) if denom.sum() else 1.0
+    union = denom.sum() - inter.sum()
+    return Scores(float(dpi.mean()), float(pooled), float(inter.sum() / union) if union else 1.0)
+
+
+def _thresholds(values: dict[str, Any]) -> Thresholds:
+    return Thresholds(
+        float(values["gate"]),
+        float(values["top"]),
+        int(values["min_area"]),
+        float(values["bottom"]),
+        int(values["min_component"]),
+    )
+
+
+ARGMAX = {"gate": 0.5, "top": 0.5, "min_area": 0, "bottom": 0.5, "min_component": 0}
+
+
+def _row_thresholds(row: str, fit: CascadeOOF, gate_kind: str) -> dict[str, Any]:
+    """Thresholds for ``row`` chosen on ``fit`` (other folds); gate_kind: model | none | oracle."""
+    if row == "argmax":
+        return dict(ARGMAX)
+    tta = row != "threshold"
+    grid = (
+        SearchGrid.triplet(np.asarray(fit.truth[0]).shape) if row == "TTA + triplet" else SearchGrid.single()
+    )
+    if gate_kind == "model":
+        prob = fit.prob_tta if tta else fit.prob
+    elif gate_kind == "oracle":
+        prob = fit.labels.astype(np.float64)
+        grid = SearchGrid((0.5,), grid.top, grid.min_area, grid.bottom, grid.min_component)
+    else:
+        prob = None
+    return search(prob, fit.seg_tta if tta else fit.seg, fit.truth, grid).thresholds
+
+
+def _gate(oof: CascadeOOF, gate_kind: str, th: dict[str, Any], tta: bool) -> np.ndarray:
+    if gate_kind == "oracle":
+        return oof.labels > 0
+    if gate_kind == NO_GATE:
+        return np.ones(len(oof.ids), bool)
+    return (oof.prob_tta if tta else oof.prob) >= th["gate"]
+
+
+def nested_scores(oof: CascadeOOF, gate_kind: str, rows: tuple[str, ...] = ROWS) -> dict[str, list[Scores]]:
+    """Per row, per fold: scores on fold k with thresholds chosen on the other folds."""
+    out: dict[str, list[Scores]] = {row: [] for row in rows}
+    for k in sorted(set(oof.folds.tolist())):
+        held = oof.subset(np.flatnonzero(oof.folds == k))
+        rest = oof.subset(np.flatnonzero(oof.folds != k))
+        for row in rows:
+            th = _row_thresholds(row, rest, gate_kind)
+            tta = row != "argmax" and row != "threshold"
+            out[row].append(_score(held, _gate(held, gate_kind, th, tta), _thresholds(th), tta))
+    return out
+
+
+def _ms(values: list[float]) -> dict[str, float]:
+    return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
+
+
+def _fmt(stat: dict[str, float]) -> str:
+    return f"{stat['mean']:.3f} ± {stat['std']:.3f}"
+
+
+def _aucs(oof: CascadeOOF) -> dict[str, dict[str, float]]:
+    from triage.evaluation.context import auc_or_nan
+
+    per = {"no TTA": [], "TTA": []}  # type: dict[str, list[float]]
+    for k in sorted(set(oof.folds.tolist())):
+        idx = np.flatnonzero(oof.folds == k)
+        per["no TTA"].append(auc_or_nan(oof.prob[idx], oof.labels[idx]))
+        per["TTA"].append(auc_or_nan(oof.prob_tta[idx], oof.labels[idx]))
+    return {k: _ms(v) for k, v in per.items()}
+
+
+def table(out: Path) -> dict[str, Any]:
+    """Table 5.1's structure from the three CV folders, plus the contribution table; writes table.json/md."""
+    cascade = load_oof(out / "segmenter", out / "classifier")
+    baseline = load_oof(out / "baseline", out / "classifier")
+    results: dict[str, Any] = {
+        "folds": len(set(cascade.folds.tolist())),
+        "images": len(cascade.ids),
+        "positives": int(cascade.labels.sum()),
+    }
+    columns = {"cascade": (cascade, "model"), "baseline": (baseline, NO_GATE)}
+    main = {name: nested_scores(oof, kind) for name, (oof, kind) in columns.items()}
+    results["table"] = {
+        name: {
+            row: {m: _ms([getattr(s, m) for s in scores]) for m in ("dice_per_image", "dice", "iou")}
+            for row, scores in rows.items()
+        }
+        for name, rows in main.items()
+    }
+    contrib_rows = ("TTA", "TTA + triplet")
+    contrib = {
+        "cascade (classifier gate + positive-only U-Net)": nested_scores(cascade, "model", contrib_rows),
+        "positive-only U-Net, oracle gate (true labels)": nested_scores(cascade, "oracle", contrib_rows),
+        "positive-only U-Net, no gate": nested_scores(cascade, NO_GATE, contrib_rows),
+        "baseline U-Net, no gate": nested_scores(baseline, NO_GATE, contrib_rows),
+        "baseline U-Net, classifier gate": nested_scores(baseline, "model", contrib_rows),
+        "baseline U-Net, oracle gate": nested_scores(baseline, "oracle", contrib_rows),
+    }
+    results["contributions"] = {
+        name: {
+            row: {m: _ms([getattr(s, m) for s in scores]) for m in ("dice_per_image", "dice", "iou")}
+            for row, scores in rows.items()
+        }
+        for name, rows in contrib.items()
+    }
+    empty = [
+        float((cascade.labels[cascade.folds == k] == 0).mean()) for k in sorted(set(cascade.folds.tolist()))
+    ]
+    results["empty_prediction_dice_per_image"] = _ms(empty)
+    results["classifier_auc"] = _aucs(cascade)
+    (out / "table.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    (out / "table.md").write_text(table_markdown(results), encoding="utf-8")
+    return results
+
+
+def table_markdown(r: dict[str, Any]) -> str:
+    t = r["table"]
+    lines = [
+        f"Cross-validation: {r['folds']} folds, {r['images']} images ({r['positives']} positive); "
+        "mean ± std over folds; thresholds chosen on the other folds' out-of-fold predictions.",
+        "",
+        "| post-processing | Dice/image one-case | Dice/image baseline | Dice one-case | Dice baseline "
+        "| IoU one-case | IoU baseline |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in ROWS:
+        c, b = t["cascade"][row], t["baseline"][row]
+        lines.append(
+            f"| {row} | {_fmt(c['dice_per_image'])} | {_fmt(b['dice_per_image'])} | {_fmt(c['dice'])} | "
+            f"{_fmt(b['dice'])} | {_fmt(c['iou'])} | {_fmt(b['iou'])} |"
+        )
+    auc = r["classifier_auc"]
+    lines += [
+        "",
+        f"Classifier alone: AUC {_fmt(auc['no TTA'])} (no TTA), {_fmt(auc['TTA'])} (TTA).",
+        f"Predicting an empty mask for every image scores Dice per image "
+        f"{_fmt(r['empty_prediction_dice_per_image'])} (the share of negative images).",
+        "",
+        "| model (TTA) | Dice/image, threshold | Dice/image, triplet | Dice, triplet | IoU, triplet |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, rows in r["contributions"].items():
+        lines.append(
+            f"| {name} | {_fmt(rows['TTA']['dice_per_image'])} | "
+            f"{_fmt(rows['TTA + triplet']['dice_per_image'])}"
+            f" | {_fmt(rows['TTA + triplet']['dice'])} | {_fmt(rows['TTA + triplet']['iou'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+STRATA_KEYS = ("size_stratum", "drain", "view", "photometric")
+
+
+def test_reports(
+    out: Path, test: Path, cache: Path | None, on_report: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Evaluate each fold's cascade and baseline on ``test``; per-stratum mean ± std over the fold models."""
+    from training.eval_models import from_runs
+    from triage.evaluation.report import evaluate
+
+    per: dict[str, list[dict[str, Any]]] = {"cascade": [], "baseline": []}
+    cls_runs, seg_runs, base_runs = (fold_runs(out / r) for r in ROLES)
+    for k, (c, s, b) in enumerate(zip(cls_runs, seg_runs, base_runs, strict=True)):
+        for name, runs in (("cascade", [c, s]), ("baseline", [b])):
+            target = out / "test" / f"{name}-fold-{k}"
+            done = target / "report.json"
+            if not done.is_file():
+                if on_report:
+                    on_report(f"{name} fold {k}")
+                options = EvalOptions(bootstrap=200 if k == 0 else 0, overlays=4 if k == 0 else 0)
+                sections = (
+                    ("summary", "strata", "roc", "thresholds", "overlays")
+                    if k == 0
+                    else ("summary", "strata")
+                )
+                evaluate(from_runs(runs), test, target, options=options, sections=sections, cache_dir=cache)
+            per[name].append(json.loads(done.read_text(encoding="utf-8")))
+    summary: dict[str, Any] = {}
+    for name, reports in per.items():
+        entry: dict[str, Any] = {}
+        s0 = [r["sections"]["summary"] for r in reports]
+        gate = "model" if name == "cascade" else "none"
+        entry["dice_per_image"] = _ms([s["segmentation"][gate]["dice_per_image"] for s in s0])
+        entry["dice"] = _ms([s["segmentation"][gate]["dice"] for s in s0])
+        entry["iou"] = _ms([s["segmentation"][gate]["iou"] for s in s0])
+        if name == "cascade":
+            entry["auc"] = _ms([s["classifier"]["auc"] for s in s0])
+            entry["sensitivity"] = _ms([s["classifier"]["sensitivity"] for s in s0])
+            entry["specificity"] = _ms([s["classifier"]["specificity"] for s in s0])
+        strata: dict[str, Any] = {}
+        for key in STRATA_KEYS:
+            blocks = [r["sections"]["strata"].get(key, {}) for r in reports]
+            for value in sorted(set().union(*[set(b) for b in blocks])):
+                rows = [b[value] for b in blocks if value in b]
+                cell: dict[str, Any] = {"images": rows[0]["images"], "positives": rows[0]["positives"]}
+                for metric in ("auc", "sensitivity", "dice_per_image"):
+                    vals = [x[metric] for x in rows if x.get(metric) is not None]
+                    if vals:
+                        cell[metric] = _ms(vals)
+                strata.setdefault(key, {})[value] = cell
+        entry["strata"] = strata
+        summary[name] = entry
+    (out / "test.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    (out / "test.md").write_text(test_markdown(summary, test), encoding="utf-8")
+    return summary
+
+
+def test_markdown(s: dict[str, Any], test: Path) -> str:
+    c, b = s["cascade"], s["baseline"]
+    lines = [
+        f"Held-out test set `{test}`: each fold's models, mean ± std over the 5 fold models; thresholds from "
+        "the run cards (chosen on all out-of-fold predictions); TTA on.",
+        "",
+        "| | AUC | sensitivity | specificity | Dice/image | Dice | IoU |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        f"| cascade | {_fmt(c['auc'])} | {_fmt(c['sensitivity'])} | {_fmt(c['specificity'])} | "
+        f"{_fmt(c['dice_per_image'])} | {_fmt(c['dice'])} | {_fmt(c['iou'])} |",
+        f"| baseline | – | – | – | {_fmt(b['dice_per_image'])} | {_fmt(b['dice'])} | {_fmt(b['iou'])} |",
+        "",
+    ]
+    for key in STRATA_KEYS:
+        if key not in c["strata"]:
+            continue
+        lines += [
+            f"**{key}**",
+            "",
+            "| value | images | positives | classifier AUC | sensitivity | cascade Dice/image "
+            "| baseline Dice/image |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for value, cell in c["strata"][key].items():
+            base = b["strata"].get(key, {}).get(value, {})
+            lines.append(
+                f"| {value} | {cell['images']} | {cell['positives']} | "
+                f"{_fmt(cell['auc']) if 'auc' in cell else '–'} | "
+                f"{_fmt(cell['sensitivity']) if 'sensitivity' in cell else '–'} | "
+                f"{_fmt(cell['dice_per_image'])} | "
+                f"{_fmt(base['dice_per_image']) if 'dice_per_image' in base else '–'} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _usage() -> dict[str, float]:
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"cpu_s": me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime}
+
+
+def run(
+    data: Path,
+    out: Path,
+    test: Path | None,
+    preset: str,
+    folds: int,
+    overrides: list[str],
+    cache: Path | None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    t0, cpu0 = time.perf_counter(), _usage()["cpu_s"]
+    cfgs = configs(preset, overrides)
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, Any] = {}
+    for role in ROLES:
+        t = time.perf_counter()
+        logger.info("cross-validating the %s (%d folds)", role, folds)
+        train(
+            cfgs[role],
+            RunRequest(data, out / role, folds, "all", resume=True, cache_dir=cache, progress=progress),
+        )
+        timings[role] = round(time.perf_counter() - t, 1)
+    block, _ = choose(out / "classifier", out / "segmenter")
+    write_thresholds(block, fold_runs(out / "classifier"), fold_runs(out / "segmenter"))
+    base_oof = load_oof(out / "baseline")
+    base = search(
+        None, base_oof.seg_tta, base_oof.truth, SearchGrid.triplet(np.asarray(base_oof.truth[0]).shape)
+    )
+    base_block = {
+        **base.thresholds,
+        "grid": "model",
+        "chosen_by": {
+            **block["chosen_by"],
+            "value": round(base.value, 6),
+            "gate": "none (baseline)",
+            "classifier": None,
+            "segmenter": str((out / "baseline").resolve()),
+        },
+    }
+    write_thresholds(base_block, [], fold_runs(out / "baseline"))
+    t = time.perf_counter()
+    results = table(out)
+    timings["table"] = round(time.perf_counter() - t, 1)
+    summary: dict[str, Any] = {"table": results, "thresholds": {"cascade": block, "baseline": base_block}}
+    if test is not None:
+        t = time.perf_counter()
+        summary["test"] = test_reports(out, test, cache)
+        timings["test"] = round(time.perf_counter() - t, 1)
+    timings["wall_s_this_invocation"] = round(time.perf_counter() - t0, 1)
+    timings["cpu_s_this_invocation"] = round(_usage()["cpu_s"] - cpu0, 1)
+    summary["timings"] = timings
+    summary["configs"] = {role: cfg.to_dict() for role, cfg in cfgs.items()}
+    (out / "experiment.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
+    return summary
