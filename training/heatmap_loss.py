@@ -115,14 +115,18 @@ class HeatmapLoss:
     ``batch`` is a mapping with ``image`` (N, C, H, W), ``label`` (N,) and the region masks under
     ``lungs`` or ``mask``. ``outputs`` may carry ``features`` (the last feature map A) and ``logit`` of the
     training forward pass; then the map is computed from them without a second forward pass (default layer
-    only). Logs: ``heatmap_term`` (before λ) and ``heatmap_inside`` (fraction of map mass inside the region).
+    only). Logs: ``heatmap_term`` (before λ), ``heatmap_inside`` (fraction of map mass inside the region)
+    and ``heatmap_dead`` (fraction of images whose map is zero everywhere: no evidence for the explained
+    class at any position, e.g. when the head's bias alone carries the decision — a map with no mass
+    cannot be penalised, the "gaming" the source documents warn about).
     """
 
     def __init__(self, config: HeatmapLossConfig) -> None:
         self.config = config
 
-    def maps(self, model: nn.Module, batch: Mapping[str, Any], outputs: Mapping[str, Any] | None = None
-             ) -> torch.Tensor:
+    def maps(
+        self, model: nn.Module, batch: Mapping[str, Any], outputs: Mapping[str, Any] | None = None
+    ) -> torch.Tensor:
         """The normalised, differentiable maps Ĥ (N, 1, h, w) for ``batch``."""
         cfg = self.config
         labels = batch.get("label")
@@ -150,10 +154,12 @@ class HeatmapLoss:
         term = irrelevant_term(norm, inside) if cfg.mode == "irrelevant" else relevant_term(norm, inside)
         with torch.no_grad():
             mass = norm.flatten(1).sum(dim=1)
+            dead = float((mass <= 0).float().mean())
             frac = (norm * inside).flatten(1).sum(dim=1) / mass.clamp_min(1e-12)
             frac = frac[mass > 0]
         logs = {
             "heatmap_term": float(term.detach()),
             "heatmap_inside": float(frac.mean()) if len(frac) else float("nan"),
+            "heatmap_dead": dead,
         }
         return cfg.weight * term, logs

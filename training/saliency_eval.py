@@ -1,16 +1,19 @@
 """Where a trained classifier looks: attribution maps on a batch, and their scores against regions.
 
-Three attribution methods, all for the *positive* class (the pneumothorax logit z, the map a radiologist
-is shown):
+Three attribution methods, each for the *predicted* class (y = s·z with s = sign(z): what the heatmap
+loss trains) or the *positive* class (y = z, the pneumothorax logit: the map a radiologist is shown):
 
 * ``hirescam`` — HiResCAM on the last feature map. For the GAP + linear head of :class:`CamClassifier`
-  this is the closed form ReLU(CAM − b)/(h·w) (:func:`training.attribution.closed_form_map`); equal to
-  Grad-CAM on that layer, so it is *not* a second opinion there.
+  this is the closed form ReLU(s·(CAM − b))/(h·w) (:func:`training.attribution.closed_form_map`); equal
+  to Grad-CAM on that layer, so it is *not* a second opinion there.
 * ``gradcam:<layer>`` — Grad-CAM on an inner layer (e.g. ``backbone.layer3``, twice the resolution):
   the audit the heatmap-loss paper asks for (an independent re-check found Grad-CAM disagreeing).
-* ``occlusion`` — the drop of z when a square patch (``patch`` px, moved by ``stride`` px) is set to 0
+* ``occlusion`` — the drop of y when a square patch (``patch`` px, moved by ``stride`` px) is set to 0
   in normalised units (the data set's mean grey), ReLU'd and averaged over the patches covering each
   pixel: model-agnostic and gradient-free, so it cannot be "gamed" by a flat gradient.
+
+A map that is zero everywhere (no evidence for the class anywhere) has no mass to distribute: its
+scores are NaN and it is left out of means (:func:`score_maps`).
 
 :func:`score_maps` turns maps into per-image numbers with :mod:`triage.saliency_metrics`: the fraction
 of map mass inside the lung fields, on the chest drain, and the inside-outside difference, after the
@@ -34,24 +37,49 @@ from triage import saliency_metrics as sm
 FloatArray = NDArray[np.float32]
 
 
-def positive_class_maps(model: nn.Module, x: torch.Tensor, method: str = "hirescam") -> torch.Tensor:
-    """ReLU'd maps (N, 1, h, w) of the positive-class logit; see the module docstring for ``method``."""
+def class_maps(
+    model: nn.Module, x: torch.Tensor, method: str = "hirescam", which: str = "predicted"
+) -> torch.Tensor:
+    """ReLU'd maps (N, 1, h, w) of the ``which`` class ("predicted" or "positive"); see the module."""
+    if which not in ("predicted", "positive"):
+        raise ValueError(f"which must be predicted or positive, got {which!r}")
     model.eval()
     n = len(x)
+    choice = "predicted" if which == "predicted" else "true"
+    labels = torch.ones(n)
     if method == "hirescam":
         if isinstance(model, CamClassifier):
             with torch.no_grad():
-                return torch.relu(closed_form_map(model, x))
-        maps = attribute(model, x, "hirescam", which="true", labels=torch.ones(n), create_graph=False).maps
+                closed = closed_form_map(model, x)
+                sign = _sign(model, x) if which == "predicted" else torch.ones(n)
+                return torch.relu(sign.view(-1, 1, 1, 1) * closed)
+        maps = attribute(model, x, "hirescam", which=choice, labels=labels, create_graph=False).maps  # type: ignore[arg-type]
         return torch.relu(maps)
     if method.startswith("gradcam:"):
         layer = method.split(":", 1)[1]
-        maps = attribute(model, x, "gradcam", layer=layer, which="true", labels=torch.ones(n),
-                         create_graph=False).maps
+        maps = attribute(
+            model,
+            x,
+            "gradcam",
+            layer=layer,
+            which=choice,
+            labels=labels,  # type: ignore[arg-type]
+            create_graph=False,
+        ).maps
         return torch.relu(maps)
     if method == "occlusion":
-        return occlusion_maps(model, x)
+        return occlusion_maps(model, x, which=which)
     raise ValueError(f"unknown attribution method {method!r}; valid: hirescam, gradcam:<layer>, occlusion")
+
+
+def positive_class_maps(model: nn.Module, x: torch.Tensor, method: str = "hirescam") -> torch.Tensor:
+    """:func:`class_maps` of the positive class."""
+    return class_maps(model, x, method, "positive")
+
+
+def _sign(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.where(_logit(model, x) >= 0, 1.0, -1.0)
 
 
 def _logit(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -60,9 +88,16 @@ def _logit(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return logit.reshape(len(x), -1)[:, 0]
 
 
-def occlusion_maps(model: nn.Module, x: torch.Tensor, patch: int = 16, stride: int = 8, batch: int = 64
-                   ) -> torch.Tensor:
-    """Occlusion sensitivity (N, 1, H, W): mean over covering patches of ReLU(z(x) − z(x occluded))."""
+def occlusion_maps(
+    model: nn.Module,
+    x: torch.Tensor,
+    patch: int = 16,
+    stride: int = 8,
+    batch: int = 64,
+    which: str = "positive",
+) -> torch.Tensor:
+    """Occlusion sensitivity (N, 1, H, W): mean over covering patches of ReLU(y(x) − y(x occluded)),
+    y = z for the positive class, s·z (s = sign z(x)) for the predicted class."""
     if patch < 1 or stride < 1:
         raise ValueError(f"patch and stride must be >= 1 px, got {patch} and {stride}")
     model.eval()
@@ -80,6 +115,7 @@ def occlusion_maps(model: nn.Module, x: torch.Tensor, patch: int = 16, stride: i
         count[..., y : y + patch, xx : xx + patch] += 1
     with torch.no_grad():
         base = _logit(model, x)
+        sign = torch.where(base >= 0, 1.0, -1.0) if which == "predicted" else torch.ones_like(base)
         for i in range(n):
             drops = []
             for start in range(0, len(boxes), batch):
@@ -87,7 +123,7 @@ def occlusion_maps(model: nn.Module, x: torch.Tensor, patch: int = 16, stride: i
                 variants = x[i : i + 1].repeat(len(chunk), 1, 1, 1)
                 for k, (y, xx) in enumerate(chunk):
                     variants[k, :, y : y + patch, xx : xx + patch] = 0.0
-                drops.append(torch.relu(base[i] - _logit(model, variants)))
+                drops.append(torch.relu(sign[i] * (base[i] - _logit(model, variants))))
             drop = torch.cat(drops)
             for k, (y, xx) in enumerate(boxes):
                 out[i, 0, y : y + patch, xx : xx + patch] += drop[k]
@@ -101,8 +137,9 @@ def upsample(maps: torch.Tensor, size: tuple[int, int]) -> FloatArray:
     return out
 
 
-def score_maps(maps: FloatArray, lungs: NDArray[np.bool_], drains: Sequence[NDArray[np.bool_] | None]
-               ) -> list[dict[str, float]]:
+def score_maps(
+    maps: FloatArray, lungs: NDArray[np.bool_], drains: Sequence[NDArray[np.bool_] | None]
+) -> list[dict[str, float]]:
     """Per image: ``lung_mass`` (mass inside the lungs), ``lung_diff`` (Diff on the max-normalised map),
     ``drain_mass`` (mass on the drain; NaN without a drain) and ``drain_area`` (the drain's area fraction,
     what a uniform map would score)."""

@@ -47,8 +47,14 @@ def load_saliency_run(run: Path) -> tuple[SaliencyNet, Any]:
     return model.eval(), card
 
 
-def export_onnx(model: SaliencyNet, path: Path, input_size: tuple[int, int], channels: int,
-                map_activation: str = "sigmoid", tolerance: float = 1e-3) -> float:
+def export_onnx(
+    model: SaliencyNet,
+    path: Path,
+    input_size: tuple[int, int],
+    channels: int,
+    map_activation: str = "sigmoid",
+    tolerance: float = 1e-3,
+) -> float:
     """Write the ONNX graph to ``path``; returns the max abs torch–onnxruntime difference (checked)."""
     import onnxruntime as ort
 
@@ -58,9 +64,14 @@ def export_onnx(model: SaliencyNet, path: Path, input_size: tuple[int, int], cha
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-            wrapper, (x,), str(path), input_names=["image"], output_names=[OUTPUTS["map"], OUTPUTS["logit"]],
+            wrapper,
+            (x,),
+            str(path),
+            input_names=["image"],
+            output_names=[OUTPUTS["map"], OUTPUTS["logit"]],
             dynamic_axes={"image": {0: "N"}, OUTPUTS["map"]: {0: "N"}, OUTPUTS["logit"]: {0: "N"}},
-            opset_version=OPSET, dynamo=False,
+            opset_version=OPSET,
+            dynamo=False,
         )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     probe = torch.randn(3, channels, *input_size, generator=torch.Generator().manual_seed(1))
@@ -91,8 +102,11 @@ def add_to_bundle(run: Path, bundle: Path) -> dict[str, Any]:
             "normalization": card.normalization,
             "outputs": dict(OUTPUTS),
             "map_activation": activation,
-            "provenance": {"run": str(run.resolve()), "target": card.provenance.get("target"),
-                           "parity_max_abs_diff": diff},
+            "provenance": {
+                "run": str(run.resolve()),
+                "target": card.provenance.get("target"),
+                "parity_max_abs_diff": diff,
+            },
         }
         card_path = bundle / CARD
         raw = json.loads(card_path.read_text(encoding="utf-8"))

@@ -39,8 +39,9 @@ def target_on_grid(target: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(target, size=grid, mode="bilinear", align_corners=False)
 
 
-def map_loss_per_image(logits: torch.Tensor, target: torch.Tensor, kind: MapLoss) -> tuple[torch.Tensor,
-                                                                                            torch.Tensor]:
+def map_loss_per_image(
+    logits: torch.Tensor, target: torch.Tensor, kind: MapLoss
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss (N,), usable (N,) bool) for map logits (N, 1, h, w) against ``target`` (N, 1, H, W)."""
     if kind not in MAP_LOSSES:
         raise ValueError(f"map loss must be one of {MAP_LOSSES}, got {kind!r}")
@@ -60,8 +61,9 @@ def map_loss_per_image(logits: torch.Tensor, target: torch.Tensor, kind: MapLoss
     return loss, mass > 0
 
 
-def map_loss(logits: torch.Tensor, target: torch.Tensor, kind: MapLoss, valid: torch.Tensor | None = None
-             ) -> torch.Tensor:
+def map_loss(
+    logits: torch.Tensor, target: torch.Tensor, kind: MapLoss, valid: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean of :func:`map_loss_per_image` over the usable, valid images (0 in the graph if none)."""
     per_image, usable = map_loss_per_image(logits, target, kind)
     if valid is not None:
@@ -92,6 +94,9 @@ def mixed_objective(
     decoder = map_loss(map_logits, target, kind, valid) if alpha > 0 else map_logits.sum() * 0.0
     cam_term = map_loss(cam, target, kind, valid) if alpha < 1 else cam.sum() * 0.0
     total = cls_weight * cls + (1.0 - cls_weight) * (alpha * decoder + (1.0 - alpha) * cam_term)
-    logs = {"cls_loss": float(cls.detach()), "decoder_loss": float(decoder.detach()),
-            "cam_loss": float(cam_term.detach())}
+    logs = {
+        "cls_loss": float(cls.detach()),
+        "decoder_loss": float(decoder.detach()),
+        "cam_loss": float(cam_term.detach()),
+    }
     return total, logs

@@ -130,8 +130,9 @@ def gaze_heatmap(fixations: list[Fixation], geometry: Geometry, sigma_px: float)
     return heat / np.float32(peak) if peak > 0 else heat
 
 
-def lesion_heatmap(grid_mask: NDArray[np.bool_] | NDArray[np.uint8], geometry: Geometry, sigma_px: float
-                   ) -> FloatMap:
+def lesion_heatmap(
+    grid_mask: NDArray[np.bool_] | NDArray[np.uint8], geometry: Geometry, sigma_px: float
+) -> FloatMap:
     """A lesion mask on the grid blurred with σ source pixels, divided by its maximum (zeros if empty)."""
     if sigma_px < 0:
         raise TargetError(f"--target-sigma must be >= 0 pixels, got {sigma_px}")

@@ -123,9 +123,7 @@ def corrupt(image: NDArray[np.floating], name: str, severity: int, rng: np.rando
     return result
 
 
-def random_corruption(
-    image: NDArray[np.floating], rng: np.random.Generator, p: float = 0.5
-) -> FloatImage:
+def random_corruption(image: NDArray[np.floating], rng: np.random.Generator, p: float = 0.5) -> FloatImage:
     """Training augmentation (``--corruption-augment``): with probability ``p`` one corruption drawn
     uniformly, at a severity drawn uniformly from 1..5; otherwise the image unchanged (as float32)."""
     x = np.asarray(image, dtype=np.float32)

@@ -63,8 +63,11 @@ EHR_THRESHOLDS = 100
 
 def _as_map(name: str, saliency: ArrayLike) -> FloatMap:
     h = np.asarray(saliency)
-    if h.ndim != 2 or min(h.shape) < 1 or not (np.issubdtype(h.dtype, np.floating) or
-                                               np.issubdtype(h.dtype, np.integer)):
+    if (
+        h.ndim != 2
+        or min(h.shape) < 1
+        or not (np.issubdtype(h.dtype, np.floating) or np.issubdtype(h.dtype, np.integer))
+    ):
         raise ValueError(f"{name} must be a numeric 2-D array, got {h.dtype} with shape {h.shape}")
     out = h.astype(np.float64)
     if not np.isfinite(out).all():
@@ -111,8 +114,9 @@ def inside_outside_diff(saliency: ArrayLike, region: ArrayLike) -> float:
     return float(h[m].mean() - h[~m].mean())
 
 
-def ehr_curve(saliency: ArrayLike, region: ArrayLike, thresholds: int = EHR_THRESHOLDS
-              ) -> tuple[FloatMap, FloatMap]:
+def ehr_curve(
+    saliency: ArrayLike, region: ArrayLike, thresholds: int = EHR_THRESHOLDS
+) -> tuple[FloatMap, FloatMap]:
     """(t, EHR(t)) at t_k = k/K, k = 1..K, for the map scaled to [0, 1] by its maximum (see the module)."""
     if thresholds < 1:
         raise ValueError(f"thresholds must be at least 1, got {thresholds}")

@@ -111,8 +111,9 @@ class _Smooth(nn.Module):
         return out
 
 
-@pytest.mark.parametrize(("method", "layer"), [("hirescam", "backbone.act1"), ("gradcam", "backbone.act1"),
-                                                ("hirescam", None)])
+@pytest.mark.parametrize(
+    ("method", "layer"), [("hirescam", "backbone.act1"), ("gradcam", "backbone.act1"), ("hirescam", None)]
+)
 def test_maps_are_differentiable_double_backprop_checks_numerically(method: str, layer: str | None) -> None:
     torch.manual_seed(0)
     net = CamClassifier(_Smooth(), 4).double()
@@ -120,8 +121,14 @@ def test_maps_are_differentiable_double_backprop_checks_numerically(method: str,
     weights = torch.rand(2, 1, 4 if layer else 2, 4 if layer else 2, dtype=torch.float64)
 
     def fn(inp: torch.Tensor) -> torch.Tensor:
-        maps = attribute(net, inp, method, layer=layer, which="true",  # type: ignore[arg-type]
-                         labels=torch.ones(2)).maps
+        maps = attribute(
+            net,
+            inp,
+            method,
+            layer=layer,
+            which="true",  # type: ignore[arg-type]
+            labels=torch.ones(2),
+        ).maps
         return (maps * weights).sum()
 
     assert torch.autograd.gradcheck(fn, (x,), eps=1e-6, atol=1e-5)

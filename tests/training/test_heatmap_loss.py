@@ -30,8 +30,12 @@ def batch(n: int = 4) -> dict[str, torch.Tensor]:
     lungs[:, :, 8:56, 36:60] = 1.0
     mask = torch.zeros(n, 1, 64, 64)
     mask[::2, :, 8:20, 4:20] = 1.0  # every other image positive
-    return {"image": torch.randn(n, 1, 64, 64, generator=g), "label": (mask.flatten(1).amax(1) > 0).float(),
-            "lungs": lungs, "mask": mask}
+    return {
+        "image": torch.randn(n, 1, 64, 64, generator=g),
+        "label": (mask.flatten(1).amax(1) > 0).float(),
+        "lungs": lungs,
+        "mask": mask,
+    }
 
 
 def test_terms_on_hand_made_maps() -> None:
@@ -60,8 +64,9 @@ def test_region_is_the_inside_fraction_of_each_grid_cell() -> None:
 def _backbone_grads(model: CamClassifier, loss: torch.Tensor) -> torch.Tensor:
     params = [p for p in model.backbone.parameters() if p.requires_grad]
     grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-    return torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params,
-                                                                                               strict=True)])
+    return torch.cat(
+        [(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params, strict=True)]
+    )
 
 
 @pytest.mark.parametrize("method", ["hirescam", "gradcam"])

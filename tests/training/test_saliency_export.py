@@ -29,10 +29,16 @@ def saliency_run(root: Path, size: int = 64) -> Path:
     model = build_model(TINY_SAL)
     root.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(root / "best.safetensors"))
-    write_run_card(root, RunCard(role="saliency", arch=TINY_SAL, input_size=(size, size),
-                                 normalization={"kind": "meanstd", "mean": [0.5], "std": [0.25]},
-                                 provenance={"map_activation": "spatial_softmax",
-                                             "target": {"kind": "heatmap"}}))
+    write_run_card(
+        root,
+        RunCard(
+            role="saliency",
+            arch=TINY_SAL,
+            input_size=(size, size),
+            normalization={"kind": "meanstd", "mean": [0.5], "std": [0.25]},
+            provenance={"map_activation": "spatial_softmax", "target": {"kind": "heatmap"}},
+        ),
+    )
     return root
 
 
@@ -62,8 +68,12 @@ def test_export_joins_the_bundle_and_predict_writes_the_map(tmp_path: Path) -> N
         assert sc.StudyInstanceUID == source.StudyInstanceUID
     dciodvfy = pytest.importorskip("shutil").which("dciodvfy")
     if dciodvfy:
-        proc = subprocess.run([dciodvfy, str(out / summary.records[0].outputs["saliency_sc"])],
-                              capture_output=True, text=True, check=False)
+        proc = subprocess.run(
+            [dciodvfy, str(out / summary.records[0].outputs["saliency_sc"])],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert not [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("Error")]
 
 

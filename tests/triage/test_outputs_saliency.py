@@ -75,6 +75,7 @@ def test_panel_shows_cam_and_saliency_side_by_side() -> None:
     half = (panel.shape[1] - 6) // 2
     left, right = panel[:, :half].astype(int), panel[:, half + 6 :].astype(int)
     h = left.shape[0]
+
     # CAM hot at the bottom right of the left panel, the saliency model's map at the top left of the right
     def warm(p: np.ndarray) -> np.ndarray:
         return p[..., 0] - p[..., 2]
