@@ -42,6 +42,16 @@ METRICS = (
     ("target", "sim", "SIM with the reading heatmap"),
 )
 FIGURE = "saliency.png"
+TILE_SIDE = 256
+
+
+def _enlarge(arr: NDArray[np.float32], side: int, method: Image.Resampling) -> NDArray[np.float32]:
+    """``arr`` resized so that its longer side is ``side`` px (grids are small; overlays never enlarge)."""
+    h, w = arr.shape
+    scale = side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    out = Image.fromarray(np.ascontiguousarray(arr, np.float32), mode="F").resize(size, method)
+    return np.clip(np.asarray(out, np.float32), 0.0, 1.0)
 
 
 def _drains(ctx: Context) -> dict[str, Path]:
@@ -176,7 +186,12 @@ def saliency(ctx: Context) -> SectionOutput:
     ]
     figures = []
     if figure:
-        md += ["", f"![saliency]({FIGURE})"]
+        md += [
+            "",
+            "Positive images: each map over the radiograph; cyan: the ground-truth pneumothorax.",
+            "",
+            f"![saliency]({FIGURE})",
+        ]
         figures.append(FIGURE)
     return SectionOutput("Saliency", "\n".join(md), data, figures)
 
@@ -190,23 +205,17 @@ def _figure(ctx: Context, sources: dict[str, NDArray[np.float32]], rows: list[in
     if not positives:
         return False
     tiles: list[list[np.ndarray]] = []
+    side = TILE_SIDE
     for i in positives:
-        image = grid.image(rows[i])
-        mask = grid.mask(rows[i])
+        image = _enlarge(grid.image(rows[i]), side, Image.Resampling.BILINEAR)
+        mask = _enlarge(grid.mask(rows[i]).astype(np.float32), side, Image.Resampling.NEAREST) >= 0.5
         line = []
         for name, maps in sources.items():
-            line.append(
-                render_overlay(
-                    image,
-                    mask,
-                    np.clip(maps[i], 0, 1).astype(np.float32),
-                    max_side=256,
-                    caption=f"{name} · {p.ids[i][-12:]}",
-                )
-            )
+            heat = np.clip(maps[i], 0, 1).astype(np.float32)
+            line.append(render_overlay(image, mask, heat, max_side=side + 80, caption=name))
         if grid.heatmaps is not None:
             heat = np.asarray(grid.heatmaps[rows[i]], np.float32) / 255.0
-            line.append(render_overlay(image, mask, heat, max_side=256, caption="reading heatmap (target)"))
+            line.append(render_overlay(image, mask, heat, max_side=side + 80, caption="reading heatmap"))
         tiles.append(line)
     h = max(t.shape[0] for line in tiles for t in line)
     w = max(t.shape[1] for line in tiles for t in line)
