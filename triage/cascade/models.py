@@ -29,13 +29,29 @@ def normalised_cam(cam: Batch) -> Batch:
 
 
 class CascadeModels:
-    """The bundle's models loaded on one device."""
+    """The bundle's models loaded on one device.
 
-    def __init__(self, bundle: Bundle, device: Device = "auto", threads: int | None = None) -> None:
+    ``backends`` replaces the models the card names by ready-made callables with the same outputs, by
+    role ("classifier", "segmenter", "saliency"): e.g. PyTorch modules wrapped in
+    :class:`triage.backends.torch_module.TorchModel` to evaluate a training run through exactly this
+    cascade (thresholds, TTA and preprocessing still come from the bundle's card).
+    """
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        device: Device = "auto",
+        threads: int | None = None,
+        backends: dict[str, Model] | None = None,
+    ) -> None:
+        given = dict(backends or {})
+        unknown = sorted(set(given) - {"classifier", "segmenter", "saliency"})
+        if unknown:
+            raise ValueError(f"unknown backend roles {unknown}; valid: classifier, segmenter, saliency")
         self.bundle = bundle
-        self.classifier: Model = load_model(bundle.classifier, device, threads)
-        self.segmenter: Model = load_model(bundle.segmenter, device, threads)
-        self.saliency: Model | None = (
+        self.classifier: Model = given.get("classifier") or load_model(bundle.classifier, device, threads)
+        self.segmenter: Model = given.get("segmenter") or load_model(bundle.segmenter, device, threads)
+        self.saliency: Model | None = given.get("saliency") or (
             load_model(bundle.saliency, device, threads) if bundle.saliency else None
         )
 

@@ -18,6 +18,29 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def main(
+    verbose: Annotated[
+        int, typer.Option("--verbose", "-v", count=True, help="More log output: -v info, -vv debug.")
+    ] = 0,
+) -> None:
+    """Pneumothorax triage for chest radiographs: synthesize studies, train, export, predict, serve.
+
+    Logs go to stderr without patient data: text of third-party warnings (which may quote DICOM
+    header values such as names) is withheld.
+    """
+    import logging
+
+    from rich.logging import RichHandler
+
+    from triage.cli.console import err_console
+    from triage.logsafe import configure
+
+    handler = RichHandler(console=err_console, show_time=False, show_path=False, markup=False)
+    third_party = logging.WARNING if verbose else logging.ERROR  # their text is withheld either way
+    configure(max(logging.DEBUG, logging.WARNING - 10 * verbose), handler, third_party_level=third_party)
+
+
 def fail(command: str, message: str) -> NoReturn:
     """Print a one-line error for `command` and exit with status 2 (bad usage or input)."""
     typer.echo(f"triage {command}: error: {message}", err=True)
@@ -270,6 +293,47 @@ def experiment(
     from triage.cli.train_cmd import run_experiment
 
     raise typer.Exit(run_experiment(data, out, test, preset, folds, set_ or [], cache, quiet))
+
+
+# --- services (the serving extra) ----------------------------------------------------------------
+# Thin forwarders: options and bodies live in serving/cli.py, imported only when the command runs
+# (`triage watch --help` shows them), so the runtime CLI never imports watchdog or pynetdicom.
+_FORWARD_ARGS = {
+    "context_settings": {"allow_extra_args": True, "ignore_unknown_options": True},
+    "add_help_option": False,
+}
+
+
+def _serving(command: str, args: list[str]) -> NoReturn:
+    try:
+        from serving import missing_dependencies
+    except ImportError:
+        fail(command, "needs the serving package and extra: pip install 'triage[serving]'")
+    missing = missing_dependencies()
+    if missing:
+        extra = "needs the serving extra: pip install 'triage[serving]'"
+        fail(command, f"{extra} (missing: {', '.join(missing)})")
+    from serving.cli import main as serving_main
+
+    raise typer.Exit(serving_main(command, args))
+
+
+@app.command(**_FORWARD_ARGS)  # type: ignore[arg-type]
+def watch(ctx: typer.Context) -> None:
+    """Folder watcher service: triage each complete study dropped in a folder (--help for options)."""
+    _serving("watch", ctx.args)
+
+
+@app.command(**_FORWARD_ARGS)  # type: ignore[arg-type]
+def listen(ctx: typer.Context) -> None:
+    """DICOM listener service (storage SCP), forwarding results to a PACS (--help for options)."""
+    _serving("listen", ctx.args)
+
+
+@app.command(**_FORWARD_ARGS)  # type: ignore[arg-type]
+def jobs(ctx: typer.Context) -> None:
+    """Job store of a watch / listen service: states, failures, re-queue (--help for options)."""
+    _serving("jobs", ctx.args)
 
 
 if __name__ == "__main__":
