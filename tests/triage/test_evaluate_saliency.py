@@ -95,8 +95,10 @@ def test_corruption_section_has_every_cell_and_the_sign(report: tuple[Path, Path
         0,
     )
     assert {c["corruption"] for c in cells[1:]} == set(CORRUPTIONS)
+    assert clean["delta_dice_positives"] == 0 and clean["dice_positives"] is not None
     for cell in cells[1:]:
         assert cell["delta_dice"] == pytest.approx(clean["dice_per_image"] - cell["dice_per_image"])
+        assert cell["delta_dice_positives"] == pytest.approx(clean["dice_positives"] - cell["dice_positives"])
     assert "positive = worse" in section["sign"]
     with Image.open(out / "corruptions.png") as img:
         assert img.size[0] > 600 and img.size[1] > 200

@@ -7,7 +7,10 @@ on clean data: gate (classifier + TTA), segmenter (+ TTA) on every image, and th
 (gate threshold, triplet thresholds) from the evaluated model's thresholds. Per evaluation set:
 
 * ``auc`` — classifier ROC AUC;
-* ``dice_per_image`` — the cascade's mean Dice per image (1 when prediction and truth are both empty).
+* ``dice_per_image`` — the cascade's mean Dice per image (1 when prediction and truth are both empty); on
+  a set with few positives this mostly measures the gate (a negative image is right when it is empty);
+* ``dice_positives`` — the segmenter's mean Dice on the positive images with the gate open (the
+  oracle gate): the segmenter's own robustness, apart from the gate's.
 
 **Sign:** ΔAUC = AUC(clean) − AUC(corrupted) and ΔDice = Dice(clean) − Dice(corrupted): a *positive* Δ
 is a loss under the corruption, a negative one an improvement.
@@ -51,6 +54,8 @@ class Cell:
     dice_per_image: float | None
     delta_auc: float | None  # clean − corrupted (positive = worse)
     delta_dice: float | None  # clean − corrupted (positive = worse)
+    dice_positives: float | None = None
+    delta_dice_positives: float | None = None
 
 
 @dataclass
@@ -142,10 +147,11 @@ def evaluate_corruptions(
     labels = any_grid.labels[rows] > 0
     if on_total is not None:
         on_total(len(rows) * len(sets))
-    results: dict[tuple[str, int], tuple[float | None, float | None]] = {}
+    results: dict[tuple[str, int], tuple[float | None, float | None, float | None]] = {}
     for index, (name, severity) in enumerate(sets):
         probs: list[float] = []
         dices: list[float] = []
+        oracle: list[float] = []
         for start in range(0, len(rows), batch_size):
             chunk = rows[start : start + batch_size]
 
@@ -180,17 +186,24 @@ def evaluate_corruptions(
                 for k, r in enumerate(chunk):
                     gated = float(prob[k]) >= th.gate
                     mask = triplet_mask(seg[k], th) if gated else np.zeros(seg[k].shape, bool)
-                    dices.append(_dice(mask, seg_grid.mask(r)))
+                    truth = seg_grid.mask(r)
+                    dices.append(_dice(mask, truth))
+                    if truth.any():
+                        oracle.append(_dice(triplet_mask(seg[k], th), truth))
             if on_done is not None:
                 on_done(len(chunk))
         auc = None
         if cascade.classifier is not None and labels.any() and not labels.all():
             auc = metrics.roc_auc(np.asarray(probs), labels)
-        results[(name, severity)] = (auc, float(np.mean(dices)) if dices else None)
-    clean_auc, clean_dice = results[CLEAN]
+        results[(name, severity)] = (
+            auc,
+            float(np.mean(dices)) if dices else None,
+            float(np.mean(oracle)) if oracle else None,
+        )
+    clean_auc, clean_dice, clean_oracle = results[CLEAN]
     cells = []
     for name, severity in sets:
-        auc, dice = results[(name, severity)]
+        auc, dice, pos = results[(name, severity)]
         cells.append(
             Cell(
                 corruption=name,
@@ -199,6 +212,8 @@ def evaluate_corruptions(
                 dice_per_image=dice,
                 delta_auc=None if auc is None or clean_auc is None else clean_auc - auc,
                 delta_dice=None if dice is None or clean_dice is None else clean_dice - dice,
+                dice_positives=pos,
+                delta_dice_positives=None if pos is None or clean_oracle is None else clean_oracle - pos,
             )
         )
     return CorruptionTable(cascade.label, len(rows), int(labels.sum()), cells, seed, use_tta)
@@ -216,11 +231,16 @@ def markdown(table: CorruptionTable) -> str:
     names = list(dict.fromkeys(c.corruption for c in table.cells if c.severity))
     sevs = sorted({c.severity for c in table.cells if c.severity})
     lines = [
-        f"Clean: AUC {_fmt(clean.auc, False)}, cascade Dice per image {_fmt(clean.dice_per_image, False)} "
+        f"Clean: AUC {_fmt(clean.auc, False)}, cascade Dice per image {_fmt(clean.dice_per_image, False)}, "
+        f"segmenter Dice on positives (gate open) {_fmt(clean.dice_positives, False)} "
         f"({table.images} images, {table.positives} positive). Δ = clean − corrupted: positive = worse.",
         "",
     ]
-    for title, key in (("ΔAUC", "delta_auc"), ("ΔDice per image", "delta_dice")):
+    for title, key in (
+        ("ΔAUC", "delta_auc"),
+        ("ΔDice per image (cascade)", "delta_dice"),
+        ("ΔDice, positives, gate open", "delta_dice_positives"),
+    ):
         if all(getattr(c, key) is None for c in table.cells if c.severity):
             continue
         lines.append(f"| {title} | " + " | ".join(f"severity {s}" for s in sevs) + " |")
@@ -252,7 +272,8 @@ def render_heatmap(table: CorruptionTable, path: Path | None = None, cell_px: in
         (t, k)
         for t, k in (
             ("delta AUC = clean - corrupted", "delta_auc"),
-            ("delta Dice/image = clean - corrupted", "delta_dice"),
+            ("delta Dice/image (cascade)", "delta_dice"),
+            ("delta Dice, positives, gate open", "delta_dice_positives"),
         )
         if any(getattr(c, k) is not None for c in table.cells if c.severity)
     ]
