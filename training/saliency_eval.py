@@ -38,9 +38,14 @@ FloatArray = NDArray[np.float32]
 
 
 def class_maps(
-    model: nn.Module, x: torch.Tensor, method: str = "hirescam", which: str = "predicted"
+    model: nn.Module,
+    x: torch.Tensor,
+    method: str = "hirescam",
+    which: str = "predicted",
+    occlusion: tuple[int, int] = (16, 8),
 ) -> torch.Tensor:
-    """ReLU'd maps (N, 1, h, w) of the ``which`` class ("predicted" or "positive"); see the module."""
+    """ReLU'd maps (N, 1, h, w) of the ``which`` class ("predicted" or "positive"); see the module.
+    ``occlusion``: (patch, stride) in pixels for the occlusion method."""
     if which not in ("predicted", "positive"):
         raise ValueError(f"which must be predicted or positive, got {which!r}")
     model.eval()
@@ -68,7 +73,7 @@ def class_maps(
         ).maps
         return torch.relu(maps)
     if method == "occlusion":
-        return occlusion_maps(model, x, which=which)
+        return occlusion_maps(model, x, patch=occlusion[0], stride=occlusion[1], which=which)
     raise ValueError(f"unknown attribution method {method!r}; valid: hirescam, gradcam:<layer>, occlusion")
 
 

@@ -10,7 +10,8 @@
    ``heatmap`` with the heatmap loss (``--heatmap-loss hirescam --heatmap-weight λ``, outside the lungs).
 3. Scores every model on the test set: AUC; where the positive-class HiResCAM (= the CAM the runtime
    shows, without the head's bias) puts its mass — inside the lung fields, on the drain — and the same for
-   the audit maps (Grad-CAM on ``backbone.layer3``, and occlusion on a subset of test images with a drain).
+   the audit maps (Grad-CAM on ``backbone.layer3``, and occlusion — 16-px patches set to the mean grey, on a
+   16-px stride — on a subset of test images with a drain).
 4. Compares the groups per model (mean over test images) with a two-sided Mann–Whitney U test and writes
    ``DIR/results.json`` and ``DIR/results.md``.
 
@@ -53,6 +54,7 @@ from triage.synth.dataset import SynthRequest, read_metadata, synthesize
 logger = logging.getLogger(__name__)
 
 GROUPS = ("ce", "heatmap")
+OCCLUSION = (16, 16)  # patch, stride (px on the 128-px grid): 64 occluded copies per image
 # key -> (attribution method, class explained); see training.saliency_eval
 METHODS = {
     "hirescam": ("hirescam", "predicted"),
@@ -185,7 +187,7 @@ def score_run(
                 keep = [k for k, r in enumerate(chunk) if r in occlusion_rows]
                 if not keep:
                     continue
-                maps = upsample(class_maps(model, x[keep], method, which), size)
+                maps = upsample(class_maps(model, x[keep], method, which, OCCLUSION), size)
                 per_method[key] += score_maps(maps, lungs[keep], [chunk_drains[k] for k in keep])
             else:
                 maps = upsample(class_maps(model, x, method, which), size)
