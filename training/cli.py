@@ -31,42 +31,19 @@ def _error(command: str, message: str) -> int:
     return 2
 
 
-def train_command(
-    role: str,
-    data: Path,
-    out: Path,
-    *,
-    preset: str,
-    config: Path | None,
-    overrides: list[str],
-    folds: int,
-    fold: str,
-    epochs: int | None,
-    batch_size: int | None,
-    lr: float | None,
-    seed: int | None,
-    device: str | None,
-    workers: int | None,
-    init: Path | None,
-    resume: bool,
-    drop_bad_labels: bool,
-    cache: Path | None,
-    quiet: bool,
-) -> int:
+def train_command(role: str, data: Path, out: Path, *, preset: str, config: Path | None, overrides: list[str],
+                  folds: int, fold: str, epochs: int | None, batch_size: int | None, lr: float | None,
+                  seed: int | None, device: str | None, workers: int | None, init: Path | None, resume: bool,
+                  drop_bad_labels: bool, cache: Path | None, quiet: bool,
+                  saliency: dict[str, Any] | None = None) -> int:
     _setup_logging(quiet)
     try:
-        cfg = resolve(
-            role,
-            preset,
-            config,
-            overrides,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            seed=seed,
-            device=device,
-            workers=workers,
-        )
+        cfg = resolve(role, preset, config, overrides, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                      device=device, workers=workers)
+        if saliency:  # --heatmap-loss ..., --corruption-augment P (training/saliency_cli.py)
+            from training.saliency_cli import SaliencyOptions, apply_saliency_options
+
+            cfg = apply_saliency_options(cfg, SaliencyOptions(**saliency))
         fold_value = fold if fold in ("all", "full") else parse_fold(fold, folds)
         req = RunRequest(
             data, out, folds, fold_value, resume, drop_bad_labels, init, cache, progress=not quiet

@@ -28,7 +28,7 @@ import yaml
 from training.models import ArchSpec
 
 PRESETS = ("seed", "small", "tiny")
-ROLES = ("classifier", "segmenter", "baseline")
+ROLES = ("classifier", "segmenter", "baseline", "saliency")  # saliency: training/saliency_config.py
 CLASSIFIER_LOSSES = ("soft_f1", "bce", "focal")
 SEGMENTER_LOSSES = ("jaccard", "dice", "bce", "focal", "lovasz", "combo")
 OPTIMIZERS = ("radam", "adam", "adamw", "sgd")
@@ -109,18 +109,16 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check("role", self.role, ROLES)
         _check("preset", self.preset, (*PRESETS, "custom"))
-        losses = CLASSIFIER_LOSSES if self.role == "classifier" else SEGMENTER_LOSSES
+        losses = CLASSIFIER_LOSSES if self.role in ("classifier", "saliency") else SEGMENTER_LOSSES
         _check("loss", self.loss, losses)
         _check("optimizer", self.optimizer, OPTIMIZERS)
         _check("balance", self.balance, BALANCES)
         _check("device", self.device, ("auto", "cpu", "cuda"))
         _check("select", self.select, ("best", "last"))
         _check("resize", self.resize, ("letterbox", "stretch"))
-        if (self.role == "classifier") != (self.arch.kind == "classifier"):
-            raise ConfigError(
-                f"role {self.role} needs a {'classifier' if self.role == 'classifier' else 'segmenter'}"
-                f" arch, got kind {self.arch.kind!r}"
-            )
+        kind = self.role if self.role in ("classifier", "saliency") else "segmenter"
+        if self.arch.kind != kind:
+            raise ConfigError(f"role {self.role} needs a {kind} arch, got kind {self.arch.kind!r}")
         for name, value, lo in (
             ("epochs", self.epochs, 1),
             ("batch_size", self.batch_size, 1),
@@ -206,6 +204,10 @@ def preset(name: str, role: str) -> TrainConfig:
     """The preset's configuration for ``role``."""
     _check("preset", name, PRESETS)
     _check("role", role, ROLES)
+    if role == "saliency":
+        from training.saliency_config import saliency_preset
+
+        return saliency_preset(name)
     if role == "classifier":
         common: dict[str, Any] = {
             "role": role,

@@ -247,7 +247,8 @@ class Trainer:
                     out = self.task.forward(self.model, b)
                     losses.append(float(loss_fn(*self.task.loss_inputs(out, b)).float()) * len(batch["row"]))
                 scores.append(self.task.score(out))
-                kept.append({k: batch[k] for k in ("label", "mask") if k in batch})
+                keys = getattr(self.task, "validation_keys", ("label", "mask"))
+                kept.append({k: batch[k] for k in keys if k in batch})
         values = self.task.validation_metrics(scores, kept)
         values["val_loss"] = sum(losses) / max(1, len(self.val_rows))
         return values
@@ -262,6 +263,10 @@ class Trainer:
         pos = int(labels[list(self.train_rows)].sum())
         pos_weight = (len(self.train_rows) - pos) / max(1, pos) if cfg.balance == "pos_weight" else None
         loss_fn = build_loss(cfg, pos_weight).to(self.device)
+        for term in self.extra_terms:  # terms that need something of the data say so before training starts
+            check = getattr(term.term, "check_data", None)
+            if check is not None:
+                check(self.train_set.grids, self.train_rows)
         self.optimizer = build_optimizer(cfg, self.model)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
         self.scheduler: Any = None

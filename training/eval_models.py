@@ -17,18 +17,20 @@ import torch
 from safetensors.torch import load_file
 
 from training.engine import pick_device
-from training.models import ClassifierForExport, SegmenterForExport, build_model
+from training.models import ClassifierForExport, SaliencyForExport, SegmenterForExport, build_model
 from training.run_format import RunCard, read_run_card
 from triage.backends.torch_module import TorchModel
 from triage.bundle import Bundle, ModelSpec, Normalization, Thresholds
 from triage.cascade.models import CascadeModels
 from triage.evaluation.models import ARGMAX, Cascade
 
+_OUTPUTS = {"classifier": {"logit": "logit", "cam": "cam"}, "saliency": {"map": "map", "logit": "logit"}}
+
 
 def run_spec(run: Path, card: RunCard) -> ModelSpec:
     norm = card.normalization
     return ModelSpec(
-        role="classifier" if card.role == "classifier" else "segmenter",
+        role=card.role if card.role in ("classifier", "saliency") else "segmenter",
         path=run / card.checkpoint,
         runtime="onnx",  # not used: the module is called through TorchModel
         sha256="",
@@ -39,9 +41,7 @@ def run_spec(run: Path, card: RunCard) -> ModelSpec:
         normalization=Normalization(
             norm.get("kind", "meanstd"), tuple(norm.get("mean", ())), tuple(norm.get("std", ()))
         ),
-        outputs={"logit": "logit", "cam": "cam"}
-        if card.role == "classifier"
-        else {"probability": "probability"},
+        outputs=_OUTPUTS.get(card.role, {"probability": "probability"}),
     )
 
 
@@ -65,16 +65,18 @@ def _load(run: Path, card: RunCard, device: torch.device) -> torch.nn.Module:
 
 
 def from_runs(runs: list[Path], device: str = "auto") -> Cascade:
-    """A Cascade of 1–2 run folders (ValueError naming the problem)."""
+    """A Cascade of 1–3 run folders: a classifier and/or a segmenter (or baseline), and optionally a
+    saliency run (its map is measured by the ``saliency`` section). ValueError naming the problem."""
     cards: dict[str, tuple[Path, RunCard]] = {}
     for run in runs:
         card = read_run_card(run)
-        role = "classifier" if card.role == "classifier" else "segmenter"
+        role = card.role if card.role in ("classifier", "saliency") else "segmenter"
         if role in cards:
             raise ValueError(f"two {role} runs given ({cards[role][0]} and {run}); give at most one of each")
-        if card.role == "saliency":
-            raise ValueError(f"{run}: saliency runs are not evaluated by triage evaluate")
         cards[role] = (run, card)
+    saliency = cards.pop("saliency", None)
+    if not cards:
+        raise ValueError("a saliency run alone has no cascade to evaluate: add a classifier run")
     dev = pick_device(device)
     cls = cards.get("classifier")
     seg = cards.get("segmenter")
@@ -105,17 +107,27 @@ def from_runs(runs: list[Path], device: str = "auto") -> Cascade:
         content_hash="",
         classifier=cls_spec or any_spec,
         segmenter=seg_spec or any_spec,
-        saliency=None,
+        saliency=run_spec(*saliency) if saliency else None,
         tta=tta,
         thresholds=thresholds,
         provenance=provenance,
         card={},
     )
     label = " + ".join(f"{card.role} run {run}" for run, card in cards.values())
+    models = TorchCascadeModels(bundle, cls_model, seg_model)
+    if saliency is not None:
+        from training.saliency_export import load_saliency_run
+
+        module, card = load_saliency_run(saliency[0])
+        activation = str(card.provenance.get("map_activation", "sigmoid"))
+        models.saliency = TorchModel(SaliencyForExport(module.to(dev), activation),  # type: ignore[arg-type]
+                                     ["map", "logit"], str(dev))
+        provenance["saliency"] = {"run": str(saliency[0]), **card.provenance}
+        label += f" + saliency run {saliency[0]}"
     return Cascade(
         label=label,
         kind="runs",
-        models=TorchCascadeModels(bundle, cls_model, seg_model),
+        models=models,
         classifier=cls_spec,
         segmenter=seg_spec,
         thresholds=thresholds,

@@ -85,7 +85,7 @@ def build_loss(config: TrainConfig, pos_weight: float | None = None) -> nn.Modul
     """The main loss of ``config`` (``loss`` and ``loss_options``)."""
     opts: dict[str, Any] = dict(config.loss_options)
     try:
-        if config.role == "classifier":
+        if config.role in ("classifier", "saliency"):
             if config.loss == "soft_f1":
                 return SoftF1()
             if config.loss == "focal":
@@ -132,6 +132,8 @@ def build_extra_terms(config: TrainConfig) -> list[WeightedTerm]:
         params = dict(spec)
         name = str(params.pop("name", ""))
         weight = float(params.pop("weight", 1.0))
+        if name not in LOSS_TERMS:
+            import training.saliency_terms  # noqa: F401  (registers heatmap, saliency_map)
         factory = LOSS_TERMS.get(name)
         if factory is None:
             raise ConfigError(f"unknown extra loss {name!r}; registered: {sorted(LOSS_TERMS) or 'none'}")

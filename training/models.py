@@ -11,6 +11,10 @@ module definitions, so that what is trained is exactly what is exported.
   equal ReLU(cam − b)/(h·w) up to scale: the map is a closed-form output of the graph, no autograd at
   inference (../shared/research/seeds.md, B).
 * :class:`Segmenter`: a segmentation-models-pytorch network (``Unet`` by default) → logits (N, 1, H, W).
+* :class:`SaliencyNet` (kind ``saliency``): an smp network with a classification head on the deepest
+  encoder features (``aux_params``, average pooling + linear) → (map logits (N, 1, H, W), logit (N, 1)),
+  plus the head's CAM on the deepest features (:meth:`SaliencyNet.forward_all`). The decoder learns a
+  saliency map from target heatmaps (:mod:`training.saliency_train`).
 
 No network fetches: weights start random (``pretrained=False`` / ``encoder_weights=None``); a user who
 has weights passes them as a local file to :func:`load_init_weights`.
@@ -25,17 +29,20 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-Kind = Literal["classifier", "segmenter"]
-KINDS: tuple[Kind, ...] = ("classifier", "segmenter")
+Kind = Literal["classifier", "segmenter", "saliency"]
+KINDS: tuple[Kind, ...] = ("classifier", "segmenter", "saliency")
+SALIENCY_HEAD_DROPOUT = 0.2
 
 
 @dataclass(frozen=True)
 class ArchSpec:
     """Everything needed to rebuild a network (no weights).
 
-    kind: "classifier" (timm backbone + linear head + CAM) or "segmenter" (smp network).
-    backbone: a timm model name (classifier) or an smp encoder name (segmenter; ``tu-<timm name>`` too).
-    decoder: the smp architecture (segmenter only): "Unet", "UnetPlusPlus", "FPN", ...
+    kind: "classifier" (timm backbone + linear head + CAM), "segmenter" (smp network) or "saliency" (smp
+        network with a classification head).
+    backbone: a timm model name (classifier) or an smp encoder name (segmenter, saliency; ``tu-<timm name>``
+        too).
+    decoder: the smp architecture (segmenter, saliency): "Unet", "UnetPlusPlus", "FPN", ...
     in_chans: input channels (1: the runtime feeds single-channel radiographs).
     options: extra keyword arguments of the timm / smp constructor (e.g. ``encoder_depth``,
         ``decoder_channels``, ``drop_rate``), JSON-serialisable.
@@ -111,7 +118,56 @@ class Segmenter(nn.Module):
         return out
 
 
-def build_model(spec: ArchSpec) -> CamClassifier | Segmenter:
+class SaliencyNet(nn.Module):
+    """An smp network with a classification head (average pooling + linear on the deepest features).
+
+    ``forward(x)`` → (map logits (N, 1, H, W), logit (N, 1)); :meth:`forward_all` adds the head's CAM
+    (N, 1, h, w) on the deepest encoder features, whose spatial mean is the logit (GAP + linear, as in
+    :class:`CamClassifier`).
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        head = getattr(net, "classification_head", None)
+        if head is None:
+            raise ValueError(
+                "a saliency network needs an smp model built with aux_params (a classification head)"
+            )
+        pools = [m for m in head.modules() if isinstance(m, nn.AdaptiveAvgPool2d)]
+        linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
+        if len(pools) != 1 or len(linears) != 1:
+            raise ValueError(
+                "the saliency network's classification head must be average pooling + one linear"
+            )
+        self.net = net
+
+    @property
+    def head_linear(self) -> nn.Linear:
+        """The classification head's linear layer (not registered twice: state dict keys stay net.*)."""
+        return next(m for m in self.net.classification_head.modules() if isinstance(m, nn.Linear))
+
+    @property
+    def encoder(self) -> nn.Module:
+        encoder: nn.Module = self.net.encoder
+        return encoder
+
+    def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(map logits (N, 1, H, W), logit (N, 1), cam (N, 1, h, w) with mean_hw(cam) == logit)."""
+        self.net.check_input_shape(x)
+        features = self.net.encoder(x)
+        maps: torch.Tensor = self.net.segmentation_head(self.net.decoder(features))
+        deepest = features[-1]
+        logit: torch.Tensor = self.net.classification_head(deepest)
+        cam = torch.einsum("nchw,kc->nkhw", deepest, self.head_linear.weight)
+        cam = cam + self.head_linear.bias.view(1, -1, 1, 1)
+        return maps, logit, cam
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        maps, logit = self.net(x)
+        return maps, logit
+
+
+def build_model(spec: ArchSpec) -> CamClassifier | Segmenter | SaliencyNet:
     """A randomly initialised network for ``spec``; ValueError naming the bad name and where to look."""
     if spec.kind == "classifier":
         import timm
@@ -137,20 +193,25 @@ def build_model(spec: ArchSpec) -> CamClassifier | Segmenter:
     if arch is None or not issubclass(getattr(smp, arch), nn.Module):
         valid = ["Unet", "UnetPlusPlus", "FPN", "DeepLabV3Plus", "Linknet", "PSPNet", "MAnet", "PAN"]
         raise ValueError(f"unknown smp architecture {spec.decoder!r}; valid: {valid}")
+    options = dict(spec.options)
+    if spec.kind == "saliency":
+        # average pooling + linear: the head's CAM is then exact (SaliencyNet.forward_all)
+        dropout = float(options.pop("head_dropout", SALIENCY_HEAD_DROPOUT))
+        options["aux_params"] = {"classes": 1, "pooling": "avg", "dropout": dropout}
     try:
         net = getattr(smp, arch)(
             encoder_name=spec.backbone,
             encoder_weights=None,
             in_channels=spec.in_chans,
             classes=1,
-            **spec.options,
+            **options,
         )
     except KeyError as exc:
         raise ValueError(
             f"unknown smp encoder {spec.backbone!r}; see smp.encoders.get_encoder_names() "
             f"(e.g. resnet34, resnet18) or a timm model as 'tu-<name>'"
         ) from exc
-    return Segmenter(net)
+    return SaliencyNet(net) if spec.kind == "saliency" else Segmenter(net)
 
 
 def load_init_weights(model: nn.Module, path: Path, *, strict: bool = False) -> list[str]:
@@ -205,3 +266,31 @@ class SegmenterForExport(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.model(x))
+
+
+MapActivation = Literal["sigmoid", "spatial_softmax"]
+MAP_ACTIVATIONS: tuple[MapActivation, ...] = ("sigmoid", "spatial_softmax")
+
+
+class SaliencyForExport(nn.Module):
+    """(image) → (map (N, 1, H, W) in [0, 1], logit (N, 1)): the saliency graph the runtime runs
+    (bundle role ``saliency``, outputs ``{"map": "saliency", "logit": "logit"}``).
+
+    ``map_activation``: ``sigmoid`` for decoders trained with BCE or MSE (the map is a probability);
+    ``spatial_softmax`` for decoders trained with KL (the logits are a log-density over pixels), exported
+    as exp(l − max l), the density divided by its peak.
+    """
+
+    def __init__(self, model: SaliencyNet, map_activation: MapActivation = "sigmoid") -> None:
+        super().__init__()
+        if map_activation not in MAP_ACTIVATIONS:
+            raise ValueError(f"map_activation must be one of {MAP_ACTIVATIONS}, got {map_activation!r}")
+        self.model = model
+        self.map_activation = map_activation
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        maps, logit = self.model(x)
+        if self.map_activation == "sigmoid":
+            return torch.sigmoid(maps), logit
+        peak = maps.flatten(1).amax(dim=1).view(-1, 1, 1, 1)
+        return torch.exp(maps - peak), logit

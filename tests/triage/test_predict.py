@@ -35,7 +35,7 @@ from triage.synth.dataset import SynthRequest, synthesize
 
 STUDIES = 200
 SIZE = 256
-ALL_FORMATS = frozenset({"png", "seg", "sc", "sr"})
+ALL_FORMATS = frozenset({"png", "seg", "sc", "sr", "saliency"})
 
 
 def _records(out: Path) -> list[dict[str, object]]:
@@ -156,6 +156,7 @@ def test_outputs_per_study_folder(batch: Batch) -> None:
         outputs = r["outputs"]
         assert isinstance(outputs, dict)
         expected = {"overlay_png", "sc", "sr"} | ({"mask_png", "seg"} if r["positive"] else set())
+        expected |= {"saliency_png", "saliency_sc"} if r["gated"] else set()  # the saliency model's map
         assert set(outputs) == expected, r
         for rel in outputs.values():
             path = batch.out / rel

@@ -23,6 +23,16 @@ class Prepared:
     geometry: Geometry
 
 
+def same_input_contract(a: ModelSpec, b: ModelSpec) -> bool:
+    """Whether two models take identical inputs (size, resize, channels, normalisation)."""
+    return (a.input_size, a.resize, a.channels, a.normalization) == (
+        b.input_size,
+        b.resize,
+        b.channels,
+        b.normalization,
+    )
+
+
 def prepare(pixels: NDArray[np.float32], spec: ModelSpec) -> Prepared:
     grid, geometry = fit(pixels, spec.input_size, spec.resize)
     return Prepared(normalise(grid, spec), geometry)
@@ -37,6 +47,7 @@ class Item:
     error: TriageError | None = None
     gate_input: Prepared | None = None
     seg_input: Prepared | None = None
+    sal_input: Prepared | None = None  # the saliency model's input (is gate_input when the contracts agree)
     timings_ms: dict[str, float] = field(default_factory=dict)
     # filled by inference
     probability: float | None = None
@@ -55,6 +66,12 @@ def load_item(path: str, bundle: Bundle, policy: ReadPolicy) -> Item:
         t1 = time.perf_counter()
         item.gate_input = prepare(item.image.pixels, bundle.classifier)
         item.seg_input = prepare(item.image.pixels, bundle.segmenter)
+        if bundle.saliency is not None:
+            item.sal_input = (
+                item.gate_input
+                if same_input_contract(bundle.saliency, bundle.classifier)
+                else prepare(item.image.pixels, bundle.saliency)
+            )
         item.timings_ms = {"read": 1000 * (t1 - t0), "preprocess": 1000 * (time.perf_counter() - t1)}
     except TriageError as exc:
         item.error = exc

@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 class PredictOptions:
     tta: bool = True
     saliency: bool = True
-    formats: frozenset[str] = frozenset({"png", "seg", "sc"})
+    formats: frozenset[str] = frozenset({"png", "seg", "sc", "saliency"})
     batch_size: int = 8
     policy: ReadPolicy = field(default_factory=ReadPolicy)
     device: Device = "auto"
@@ -90,7 +90,7 @@ def _infer(models: CascadeModels, batch: list[Item], options: PredictOptions) ->
             it.seg_prob = seg[i]
             it.timings_ms["segment"] = 1000 * (t2 - t1) / len(gated)
         if options.saliency and models.saliency is not None:
-            maps = models.saliency_map(np.stack([it.gate_input.x for it in gated]))  # type: ignore[union-attr]
+            maps = models.saliency_map(np.stack([it.sal_input.x for it in gated]))  # type: ignore[union-attr]
             t3 = time.perf_counter()
             for i, it in enumerate(gated):
                 it.saliency = maps[i]

@@ -19,11 +19,12 @@ from triage.outputs.dicom_objects import BundleInfo
 from triage.outputs.overlay import render_overlay, save_mask_png
 from triage.outputs.paths import study_dir, validated_uid
 from triage.outputs.records import ResultRecord
+from triage.outputs.saliency import render_saliency_panel, write_saliency_sc
 from triage.outputs.sc import write_sc
 from triage.outputs.seg import write_seg
 from triage.outputs.sr import write_sr
 
-FORMATS = ("png", "seg", "sc", "sr")
+FORMATS = ("png", "seg", "sc", "sr", "saliency")
 
 
 def error_record(item: Item, bundle_label: str) -> ResultRecord:
@@ -58,13 +59,28 @@ def source_mask(item: Item, bundle: Bundle) -> NDArray[np.bool_]:
     return to_source(grid_mask.astype(np.float32), item.seg_input.geometry) >= 0.5
 
 
+def _cam_on_source(item: Item) -> NDArray[np.float32] | None:
+    """The classifier's CAM on the source grid, or None."""
+    assert item.image is not None and item.gate_input is not None
+    if item.cam is None:
+        return None
+    return np.clip(to_source(item.cam, item.gate_input.geometry), 0.0, 1.0)
+
+
+def _model_saliency_on_source(item: Item) -> NDArray[np.float32] | None:
+    """The saliency model's map on the source grid (its own input geometry), or None."""
+    assert item.image is not None
+    if item.saliency is None:
+        return None
+    prepared = item.sal_input or item.gate_input
+    assert prepared is not None
+    return np.clip(to_source(item.saliency, prepared.geometry), 0.0, 1.0)
+
+
 def _saliency_on_source(item: Item) -> NDArray[np.float32] | None:
     """The map shown in the overlay: the saliency model's if present, else the classifier's CAM."""
-    assert item.image is not None and item.gate_input is not None
-    chosen = item.saliency if item.saliency is not None else item.cam
-    if chosen is None:
-        return None
-    return np.clip(to_source(chosen, item.gate_input.geometry), 0.0, 1.0)
+    chosen = _model_saliency_on_source(item)
+    return chosen if chosen is not None else _cam_on_source(item)
 
 
 def _decision(item: Item, bundle: Bundle) -> tuple[NDArray[np.bool_], int, bool, float | None, float]:
@@ -114,12 +130,12 @@ def finish_item(item: Item, bundle: Bundle, out: Path, formats: frozenset[str]) 
             failures[kind] = f"{type(exc).__name__}: {exc}"
 
     overlay = None
+    area_text = f"{area_mm2:.0f} mm²" if area_mm2 is not None else f"{area} px"
+    caption = (
+        f"P(PTX)={probability:.2f} · {'POSITIVE' if positive else 'negative'}"
+        f"{' · area ' + area_text if positive else ''} · {bundle.label}"
+    )
     if formats & {"png", "sc"}:
-        area_text = f"{area_mm2:.0f} mm²" if area_mm2 is not None else f"{area} px"
-        caption = (
-            f"P(PTX)={probability:.2f} · {'POSITIVE' if positive else 'negative'}"
-            f"{' · area ' + area_text if positive else ''} · {bundle.label}"
-        )
         try:
             overlay = render_overlay(
                 image.pixels, mask if positive else None, _saliency_on_source(item), caption=caption
@@ -130,6 +146,24 @@ def finish_item(item: Item, bundle: Bundle, out: Path, formats: frozenset[str]) 
         attempt("overlay_png", folder / f"{sop}_overlay.png", lambda p: atomic_save_png(p, overlay))
         if positive:
             attempt("mask_png", folder / f"{sop}_mask.png", lambda p: save_mask_png(p, mask))
+    model_map = _model_saliency_on_source(item)
+    if model_map is not None and "png" in formats:  # the saliency model's map beside the CAM
+        attempt(
+            "saliency_png",
+            folder / f"{sop}_saliency.png",
+            lambda p: atomic_save_png(
+                p,
+                render_saliency_panel(
+                    image.pixels, mask if positive else None, _cam_on_source(item), model_map, caption=caption
+                ),
+            ),
+        )
+    if model_map is not None and "saliency" in formats:
+        attempt(
+            "saliency_sc",
+            folder / f"{sop}_saliency_sc.dcm",
+            lambda p: write_saliency_sc(image.dataset, model_map, p, bundle=info),
+        )
     if "seg" in formats and positive:
         attempt("seg", folder / f"{sop}_seg.dcm", lambda p: write_seg(image.dataset, mask, p, bundle=info))
     if "sc" in formats and overlay is not None:

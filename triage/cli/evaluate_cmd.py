@@ -16,7 +16,7 @@ from triage.evaluation.models import Cascade, from_bundle, is_bundle
 
 
 def load_cascade(models: list[Path], device: str) -> Cascade:
-    """One bundle, or 1–2 run folders (classifier and/or segmenter/baseline)."""
+    """One bundle, or 1–3 run folders (classifier and/or segmenter/baseline, optionally a saliency run)."""
     bundles = [m for m in models if is_bundle(m)]
     if bundles:
         if len(models) > 1:
@@ -27,8 +27,8 @@ def load_cascade(models: list[Path], device: str) -> Cascade:
         raise ValueError(
             f"--model {missing[0]}: neither a bundle (card.json) nor a training run (model.json)"
         )
-    if len(models) > 2:
-        raise ValueError("give at most two runs: one classifier and one segmenter or baseline")
+    if len(models) > 3:
+        raise ValueError("give at most three runs: a classifier, a segmenter or baseline, and a saliency run")
     try:  # imported at run time: the runtime never imports training (torch) otherwise
         eval_models = importlib.import_module("training.eval_models")
     except ImportError as exc:

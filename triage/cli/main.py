@@ -167,8 +167,13 @@ def predict(
     tta: Annotated[bool, typer.Option(help="Test-time augmentation as the bundle's card lists.")] = True,
     saliency: Annotated[bool, typer.Option(help="Saliency (CAM, and the saliency model if any).")] = True,
     output_format: Annotated[
-        str, typer.Option("--format", help="Comma-separated outputs: png, seg, sc, sr.")
-    ] = "png,seg,sc",
+        str,
+        typer.Option(
+            "--format",
+            help="Comma-separated outputs: png, seg, sc, sr, saliency (the saliency model's map as a "
+            "DICOM Secondary Capture; only with a bundle that has one).",
+        ),
+    ] = "png,seg,sc,saliency",
     batch_size: Annotated[int, typer.Option(help="Images per model call.")] = 8,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     threads: Annotated[int, typer.Option(help="ONNX Runtime threads; 0 = the cores available.")] = 0,
@@ -248,6 +253,18 @@ from triage.cli.train_cmd import train_app  # noqa: E402
 
 app.add_typer(train_app, name="train")
 
+# Saliency: `triage train saliency`, `triage export-saliency`, `triage shortcut-experiment`; typer options in
+# triage/cli/saliency_cmd.py, bodies (torch, imported when a command runs) in training/saliency_cli.py.
+from triage.cli.saliency_cmd import (  # noqa: E402
+    export_saliency_command,
+    shortcut_command,
+    train_saliency_command,
+)
+
+train_app.command("saliency")(train_saliency_command)
+app.command("export-saliency")(export_saliency_command)
+app.command("shortcut-experiment")(shortcut_command)
+
 
 @app.command()
 def evaluate(
@@ -267,6 +284,19 @@ def evaluate(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     cache: Annotated[Path | None, typer.Option(help="Grid cache (default ~/.cache/triage/grids).")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per model call.")] = 8,
+    saliency_: Annotated[
+        bool,
+        typer.Option(
+            "--saliency",
+            help="Add the saliency section: CAM and saliency-model maps against lungs, lesion, drain and "
+            "reading heatmap (docs/saliency.md).",
+        ),
+    ] = False,
+    corruptions: Annotated[
+        bool,
+        typer.Option(help="Add the corruption-robustness section: 5 corruptions x 5 severities, delta AUC "
+                          "and delta Dice (docs/saliency.md)."),
+    ] = False,
 ) -> None:
     """Measure a bundle or runs on labelled data: Dice per image, Dice, IoU, AUC with bootstrap intervals,
     sensitivity/specificity at the gate, results per stratum, ROC, threshold surface, best/worst overlays."""
@@ -280,6 +310,7 @@ def evaluate(
         fail("evaluate", "--bootstrap and --overlays must be >= 0 and --batch-size >= 1")
     options = EvalOptions(bootstrap=bootstrap, overlays=overlays)
     sections = list(section or DEFAULT_SECTIONS)
+    sections += [name for name, on in (("saliency", saliency_), ("corruptions", corruptions)) if on]
     raise typer.Exit(run_evaluate(model, data, out, options, sections, tta, device, cache, batch_size))
 
 

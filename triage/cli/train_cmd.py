@@ -91,11 +91,30 @@ def _make_train_command(role: str) -> Any:
             typer.Option(help="Grid cache folder (default $TRIAGE_CACHE_DIR or ~/.cache/triage/grids)."),
         ] = None,
         quiet: Annotated[bool, typer.Option(help="No progress bars or per-epoch logs.")] = False,
+        heatmap_loss: Annotated[str | None, typer.Option(help="classifier: add the heatmap loss on this "
+                                                              "attribution, hirescam or gradcam "
+                                                              "(docs/saliency.md).")] = None,
+        heatmap_weight: Annotated[float, typer.Option(help="lambda of the heatmap loss.")] = 1.0,
+        heatmap_class: Annotated[str, typer.Option(help="Class whose map is penalised: predicted or "
+                                                        "true.")] = "predicted",
+        heatmap_mode: Annotated[str, typer.Option(help="irrelevant (mass outside the region) or relevant "
+                                                       "(missing mass inside).")] = "irrelevant",
+        heatmap_region: Annotated[str, typer.Option(help="lungs (lung-field masks) or lesion (pneumothorax "
+                                                         "masks).")] = "lungs",
+        heatmap_layer: Annotated[str | None, typer.Option(help="Layer to explain (a module name); default "
+                                                               "the last feature map.")] = None,
+        corruption_augment: Annotated[float, typer.Option(help="Probability of one random robustness "
+                                                               "corruption per training image (0: off).")]
+        = 0.0,
     ) -> None:
         options = {"preset": preset, "config": config, "overrides": set_ or [], "folds": folds, "fold": fold,
                    "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device,
                    "workers": workers, "init": init, "resume": resume, "drop_bad_labels": drop_bad_labels,
-                   "cache": cache, "quiet": quiet}
+                   "cache": cache, "quiet": quiet,
+                   "saliency": {"heatmap_loss": heatmap_loss, "heatmap_weight": heatmap_weight,
+                                "heatmap_class": heatmap_class, "heatmap_mode": heatmap_mode,
+                                "heatmap_region": heatmap_region, "heatmap_layer": heatmap_layer,
+                                "corruption_augment": corruption_augment}}
         raise typer.Exit(_training_cli(f"train {role}").train_command(role, data, out, **options))
 
     command.__doc__ = ROLE_HELP[role]

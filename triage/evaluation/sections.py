@@ -331,3 +331,9 @@ SECTIONS: dict[str, Section] = {
     "overlays": overlays,
 }
 DEFAULT_SECTIONS = ("summary", "strata", "roc", "thresholds", "overlays")
+
+# `triage evaluate --saliency` and `--corruptions` (triage/evaluation/saliency.py imports SectionOutput from
+# this module, hence the import at the end).
+from triage.evaluation.saliency import corruptions, saliency  # noqa: E402
+
+SECTIONS |= {"saliency": saliency, "corruptions": corruptions}

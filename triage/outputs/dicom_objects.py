@@ -10,7 +10,8 @@ Dates and times written by highdicom as "now" are replaced by the source's Conte
 AcquisitionDate/Time, else StudyDate/Time), so that the bytes are reproducible; where the source has
 none of these, highdicom's current time stays.
 
-The writers live in :mod:`triage.outputs.seg`, :mod:`triage.outputs.sc` and :mod:`triage.outputs.sr`.
+The writers live in :mod:`triage.outputs.seg`, :mod:`triage.outputs.sc`, :mod:`triage.outputs.sr` and
+:mod:`triage.outputs.saliency` (the saliency model's map).
 """
 
 from __future__ import annotations
@@ -26,14 +27,15 @@ from pydicom.uid import UID, generate_uid
 from triage import __version__
 from triage.outputs.paths import validated_uid
 
-Kind = Literal["seg", "sc", "sr"]
+Kind = Literal["seg", "sc", "sr", "saliency"]
 
 MANUFACTURER = "triage"
-SERIES_NUMBER: dict[Kind, int] = {"seg": 9101, "sc": 9102, "sr": 9103}
+SERIES_NUMBER: dict[Kind, int] = {"seg": 9101, "sc": 9102, "sr": 9103, "saliency": 9104}
 SERIES_DESCRIPTION: dict[Kind, str] = {
     "seg": "triage PTX SEG",
     "sc": "triage PTX overlay",
     "sr": "triage PTX SR",
+    "saliency": "triage PTX saliency map",
 }
 INSTANCE_NUMBER = 1
 _LO_MAX = 64  # Long String value length
