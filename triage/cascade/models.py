@@ -5,14 +5,18 @@ All take prepared (N, C, H, W) float32 batches on the models' own grids; none kn
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 from numpy.typing import NDArray
 
-from triage.backends import Device, Model, load_model
-from triage.bundle import Bundle
+from triage.backends import Device, Model, cuda_available, load_model
+from triage.bundle import Bundle, ModelSpec, select_variant
 from triage.cascade import tta as tta_ops
+from triage.errors import TriageError
 
 Batch = NDArray[np.float32]
+logger = logging.getLogger(__name__)
 
 
 def sigmoid(x: Batch) -> Batch:
@@ -28,16 +32,51 @@ def normalised_cam(cam: Batch) -> Batch:
     return out
 
 
-class CascadeModels:
-    """The bundle's models loaded on one device."""
+def _load(spec: ModelSpec, device: Device, threads: int | None, variant: str) -> tuple[Model, str]:
+    """(model, variant name): ``variant`` by name, or with "auto" the card's default for the device; an
+    automatic GPU choice that cannot load here (no TensorRT, no GPU) falls back to the CPU default."""
+    kind = "cuda" if device == "cuda" or (device == "auto" and cuda_available()) else "cpu"
+    chosen = select_variant(spec, variant, kind)
+    try:
+        return load_model(chosen, device, threads), chosen.precision
+    except TriageError as exc:
+        if variant != "auto" or kind == "cpu" or device == "cuda":
+            raise
+        fallback = select_variant(spec, "auto", "cpu")
+        logger.warning("%s: %s; using the %s variant on the CPU", spec.role, exc.message, fallback.precision)
+        return load_model(fallback, "cpu", threads), fallback.precision
 
-    def __init__(self, bundle: Bundle, device: Device = "auto", threads: int | None = None) -> None:
+
+class CascadeModels:
+    """The bundle's models loaded on one device.
+
+    ``variant``: "auto" (the card's default variant per model for the device: e.g. INT8 on the CPU where
+    the export found it pays, TensorRT on a GPU) or a variant name every model has ("fp32", "int8", ...).
+    """
+
+    def __init__(
+        self, bundle: Bundle, device: Device = "auto", threads: int | None = None, variant: str = "auto"
+    ) -> None:
         self.bundle = bundle
-        self.classifier: Model = load_model(bundle.classifier, device, threads)
-        self.segmenter: Model = load_model(bundle.segmenter, device, threads)
-        self.saliency: Model | None = (
-            load_model(bundle.saliency, device, threads) if bundle.saliency else None
-        )
+        self.variants: dict[str, str] = {}
+        self.classifier: Model
+        self.segmenter: Model
+        self.classifier, self.variants["classifier"] = _load(bundle.classifier, device, threads, variant)
+        self.segmenter, self.variants["segmenter"] = _load(bundle.segmenter, device, threads, variant)
+        self.saliency: Model | None = None
+        if bundle.saliency is not None:
+            self.saliency, self.variants["saliency"] = _load(bundle.saliency, device, threads, variant)
+
+    @classmethod
+    def from_models(
+        cls, bundle: Bundle, classifier: Model, segmenter: Model, saliency: Model | None = None
+    ) -> CascadeModels:
+        """Models loaded elsewhere (e.g. PyTorch modules wrapped by TorchModel, for export parity checks)."""
+        self = cls.__new__(cls)
+        self.bundle = bundle
+        self.classifier, self.segmenter, self.saliency = classifier, segmenter, saliency
+        self.variants = {"classifier": classifier.provider, "segmenter": segmenter.provider}
+        return self
 
     @property
     def provider(self) -> str:

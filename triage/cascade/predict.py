@@ -42,8 +42,10 @@ class PredictOptions:
     policy: ReadPolicy = field(default_factory=ReadPolicy)
     device: Device = "auto"
     threads: int | None = None  # ONNX Runtime intra-op threads; None = the cores available
-    read_workers: int | None = None  # None = the cores available
+    read_workers: int | None = None  # decode/preprocess threads; None = chosen from the cores
     resume: bool = False
+    write_workers: int | None = None  # output threads; None = chosen from the cores
+    variant: str = "auto"  # model variant: auto (the card's default for the device), fp32, int8, ...
 
     def __post_init__(self) -> None:
         bad = sorted(set(self.formats) - set(FORMATS))
@@ -51,6 +53,10 @@ class PredictOptions:
             raise ValueError(f"unknown output formats {bad}; valid: {list(FORMATS)}")
         if self.batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
+        for name in ("threads", "read_workers", "write_workers"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1 (or None for automatic), got {value}")
 
 
 @dataclass
@@ -139,7 +145,7 @@ class Predictor:
     def __init__(self, bundle: Bundle, options: PredictOptions, models: CascadeModels | None = None) -> None:
         self.bundle = bundle
         self.options = options
-        self.models = models or CascadeModels(bundle, options.device, options.threads)
+        self.models = models or CascadeModels(bundle, options.device, options.threads, options.variant)
 
     def run(
         self,
