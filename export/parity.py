@@ -11,8 +11,8 @@ threshold are exactly what ``triage predict`` does. Figures per model, on every 
 * saliency: max |Δ| of the displayed map.
 
 Tolerances per precision are :data:`TOLERANCES` (also written into the card). FP32 graphs must decide
-identically; reduced precisions (INT8, FP16) may flip decisions near a threshold, so they are held to an
-agreement rate and a mask Dice instead.
+identically; reduced precisions (INT8, FP16) are held to max |Δ| only: they may flip a decision whose
+probability lies within that distance of a threshold, which is counted and recorded, not judged here.
 """
 
 from __future__ import annotations
@@ -28,16 +28,18 @@ from triage.bundle import Thresholds
 from triage.cascade.models import CascadeModels
 from triage.cascade.postprocess import triplet_mask
 
-TOLERANCES: dict[str, dict[str, float]] = {
-    # max |Δ| of probabilities / maps in [0, 1]; decisions must be identical.
-    "fp32": {"probability": 1e-4, "map": 1e-3, "gate_agreement": 1.0, "mask_dice": 1.0},
-    # reduced precision: decisions may flip near a threshold.
-    "fp16": {"probability": 0.02, "map": 0.05, "gate_agreement": 0.95, "mask_dice": 0.95},
-    "int8": {"probability": 0.10, "map": 0.25, "gate_agreement": 0.90, "mask_dice": 0.90},
+TOLERANCES: dict[str, dict[str, float | str]] = {
+    # max |Δ| of probabilities / maps in [0, 1]; every gate decision and every triplet mask identical.
+    "fp32": {"probability": 1e-4, "map": 1e-3, "decisions": "identical"},
+    # reduced precision: held to max |Δ|; decisions can then flip only for images whose probability lies
+    # within that distance of a threshold: flips are counted and recorded, the metric change is measured
+    # on labelled data (benchmarks/bench_int8.py), and INT8 is the CPU default only where it pays.
+    "fp16": {"probability": 0.01, "map": 0.05, "decisions": "reported"},
+    "int8": {"probability": 0.05, "map": 0.15, "decisions": "reported"},
 }
 
 
-def tolerance_for(precision: str) -> dict[str, float]:
+def tolerance_for(precision: str) -> dict[str, float | str]:
     for key, tol in TOLERANCES.items():
         if key in precision:
             return tol
@@ -122,19 +124,16 @@ def judge(figures: dict[str, Any], role: str, precision: str, where: str) -> dic
     tol = tolerance_for(precision)
     failures: list[str] = []
     for name, value in figures["max_abs_diff"].items():
-        limit = tol["probability"] if name == "probability" else tol["map"]
+        limit = float(tol["probability"] if name == "probability" else tol["map"])
         if not value <= limit:  # also NaN
             failures.append(f"max |Δ {name}| = {value:.3g} > {limit:g}")
-    if role == "classifier" and figures["gate_agreement"] < tol["gate_agreement"]:
-        failures.append(
-            f"{figures['gate_mismatches']} of {figures['images']} gate decisions differ "
-            f"(agreement {figures['gate_agreement']:.3f} < {tol['gate_agreement']:g})"
-        )
-    if role == "segmenter" and figures["mask_dice"] < tol["mask_dice"]:
+    identical = tol["decisions"] == "identical"
+    if identical and role == "classifier" and figures["gate_mismatches"]:
+        failures.append(f"{figures['gate_mismatches']} of {figures['images']} gate decisions differ")
+    if identical and role == "segmenter" and figures["mask_mismatches"]:
         failures.append(
             f"{figures['mask_mismatches']} of {figures['images']} triplet masks differ "
-            f"({figures['mask_pixels_differing']} pixels; mean mask Dice {figures['mask_dice']:.4f}"
-            f" < {tol['mask_dice']:g})"
+            f"({figures['mask_pixels_differing']} pixels)"
         )
     figures = {**figures, "tolerance": tol, "passed": not failures}
     if failures:
