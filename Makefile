@@ -56,14 +56,16 @@ $(VENV)/.installed-: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 	$(BIN)/pip install --no-input -c $(CONSTRAINTS) -e .
 	touch $@
 
-# dcmtk (dcmdump, ...) and dicom3tools (dciodvfy) are used by the DICOM interoperability tests.
+# dcmtk (dcmdump, ...), dicom3tools (dciodvfy) and openjph-tools (ojph_compress: an independent HTJ2K
+# encoder) are used by the DICOM interoperability tests.
 dcmtk:
 	@pkgs=""; \
 	command -v dcmdump >/dev/null 2>&1 || pkgs="$$pkgs dcmtk"; \
 	command -v dciodvfy >/dev/null 2>&1 || pkgs="$$pkgs dicom3tools"; \
+	command -v ojph_compress >/dev/null 2>&1 || pkgs="$$pkgs openjph-tools"; \
 	if [ -n "$$pkgs" ]; then \
 	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	        echo "dcmdump/dciodvfy not found: installing Debian package(s)$$pkgs"; \
+	        echo "installing Debian package(s)$$pkgs for the interoperability tests"; \
 	        export DEBIAN_FRONTEND=noninteractive; \
 	        apt-get update -q && apt-get install -y -q --no-install-recommends $$pkgs; \
 	    else \

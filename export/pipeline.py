@@ -35,6 +35,7 @@ from export.quantize import SETTINGS as INT8_SETTINGS
 from export.quantize import quantize, time_model
 from export.runs import Run, assign_roles, load_run
 from export.thresholds import resolve
+from triage.backends import Model
 from triage.backends.torch_module import TorchModel
 from triage.bundle import CARD, FORMAT, TTA_CHOICES, Bundle, load_bundle, seal
 from triage.cascade.models import CascadeModels
@@ -132,13 +133,11 @@ def _onnx_requires(path: Path) -> dict[str, Any]:
 
 
 def _torch_models(bundle: Bundle, roles: dict[str, Run]) -> CascadeModels:
-    wrapped = {}
+    wrapped: dict[str, Model] = {}
     for role, run in roles.items():
         module, names = export_wrapper(run)
         wrapped[role] = TorchModel(module, names)
-    return CascadeModels.from_models(
-        bundle, wrapped["classifier"], wrapped["segmenter"], wrapped.get("saliency")
-    )
+    return CascadeModels(bundle, "cpu", backends=wrapped)
 
 
 def _write_card(root: Path, card: dict[str, Any]) -> Bundle:

@@ -72,7 +72,7 @@ def test_fresh_images_same_decisions_torch_vs_onnx(exported: Exported, tmp_path:
     b = exported.bundle
     runs = [load_run(p) for p in exported.runs]
     wrapped = {r.role: TorchModel(*export_wrapper(r)) for r in runs}
-    torch_side = CascadeModels.from_models(b, wrapped["classifier"], wrapped["segmenter"])
+    torch_side = CascadeModels(b, "cpu", backends=wrapped)
     onnx_side = CascadeModels(b, "cpu", 1, variant="fp32")
     items = [
         load_item(str(p), b, ReadPolicy())

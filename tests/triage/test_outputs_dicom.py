@@ -153,6 +153,13 @@ def test_sc_orientation_is_derived_from_the_view_when_missing(tmp_path: Path) ->
     assert list(pydicom.dcmread(tmp_path / "sc.dcm").PatientOrientation) == ["R", "F"]
 
 
+def test_sc_keeps_a_compound_source_orientation(tmp_path: Path) -> None:
+    src = source()
+    src.PatientOrientation = ["L", "PF"]  # valid (PS3.3 C.7.6.1.1.1); highdicom's enum takes single letters
+    write_sc(src, overlay(), tmp_path / "sc.dcm", bundle=BUNDLE)
+    assert list(pydicom.dcmread(tmp_path / "sc.dcm").PatientOrientation) == ["L", "PF"]
+
+
 @pytest.mark.parametrize("variant", [*(f"{m}-{p}" for m, p in VARIANTS), "negative"])
 def test_sr_reads_back_with_the_finding(written: dict[str, dict[str, Path]], variant: str) -> None:
     modality, photometric = ("DX", "MONOCHROME2") if variant == "negative" else variant.split("-")

@@ -319,3 +319,60 @@ def test_damaged_bundle_is_refused_before_any_input_is_read(batch: Batch, tmp_pa
     proc = _cli(str(batch.good[0]), "--model", str(bundle), "--out", str(tmp_path / "out"))
     assert proc.returncode == 2 and "bundle_hash_mismatch" in proc.stderr
     assert not (tmp_path / "out" / "results.jsonl").exists()
+
+
+def test_no_patient_name_or_id_reaches_the_terminal(batch: Batch, tmp_path: Path) -> None:
+    """highdicom warns about single-component person names *quoting the name*; pydicom quotes bad values.
+    Neither text may reach stdout/stderr, at any verbosity."""
+    folder = tmp_path / "phi"
+    folder.mkdir()
+    for i, path in enumerate(batch.good[:4]):
+        ds = pydicom.dcmread(path)
+        ds.PatientName = "ZZSECRETNAME"  # one component: highdicom warns, quoting it
+        ds.PatientID = "ZZSECRETID42"
+        ds.PatientBirthDate = "19010203"
+        ds.InstitutionName = "ZZ" * 40  # too long for LO: pydicom warns, quoting the value
+        ds.save_as(folder / f"{i}.dcm")
+    for verbosity in ((), ("-vv",)):
+        proc = subprocess.run(
+            [sys.executable, "-m", "triage.cli.main", *verbosity, "predict", str(folder), "--model",
+             str(batch.bundle.root), "--out", str(tmp_path / f"out{len(verbosity)}"),
+             "--format", "png,seg,sc,sr"],
+            capture_output=True, text=True, check=False,
+        )
+        assert proc.returncode in (0, 1), proc.stderr
+        text = proc.stdout + proc.stderr
+        for secret in ("ZZSECRETNAME", "ZZSECRETID42", "19010203", "ZZZZZZ"):
+            assert secret not in text, (verbosity, secret)
+        logs = [p for p in (tmp_path / f"out{len(verbosity)}").rglob("*") if p.suffix in (".jsonl", ".csv")]
+        for path in logs:
+            assert "ZZSECRET" not in path.read_text()
+
+
+@pytest.mark.parametrize("any_modality", [False, True])
+def test_every_pydicom_test_file_gets_a_result_or_a_clear_error(batch: Batch, tmp_path: Path,
+                                                                any_modality: bool) -> None:
+    """Files nobody here wrote, in all their transfer syntaxes and oddities, through the real command."""
+    from pydicom.data import DATA_ROOT
+
+    folder = Path(DATA_ROOT) / "test_files"
+    flags = ["--any-modality"] if any_modality else []
+    proc = subprocess.run(
+        [sys.executable, "-m", "triage.cli.main", "predict", str(folder), "--model", str(batch.bundle.root),
+         "--out", str(tmp_path), "--format", "png,seg,sc,sr", *flags],
+        capture_output=True, text=True, check=False,
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stdout + proc.stderr
+    records = _records(tmp_path)
+    files = [p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    files = [p for p in files if p.name != "DICOMDIR"]
+    assert Counter(str(r["input"]) for r in records) == Counter(str(p) for p in files)
+    codes = Counter(str(r["error_code"]) for r in records if r["status"] == "error")
+    assert "internal_error" not in codes, codes
+    assert all(r["message"] for r in records if r["status"] == "error")
+    decided = [r for r in records if r["probability"] is not None]
+    assert len(decided) == (8 if any_modality else 0)
+    for r in decided:  # a SEG that cannot reference a non-radiograph source fails alone; the rest stays
+        if r["status"] == "error":
+            assert r["error_code"] == "write_failed" and str(r["message"]).startswith("seg: ")
+            assert {"sc", "sr", "overlay_png"} <= set(r["outputs"])  # type: ignore[arg-type]

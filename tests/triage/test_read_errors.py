@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import struct
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -312,6 +314,31 @@ def test_monochrome_jpeg_family(tmp_path: Path, syntax: int, uid: str, decoder: 
     result = read_image(transcode(plain, tmp_path / "jpeg.dcm", syntax))
     assert (result.transfer_syntax, result.decoder) == (uid, decoder)
     assert float(np.abs(result.pixels - read_image(plain).pixels).max()) <= tol
+
+
+@pytest.mark.parametrize("syntax", [pydicom.uid.HTJ2KLossless, pydicom.uid.HTJ2KLosslessRPCL])
+def test_htj2k_from_an_independent_encoder(tmp_path: Path, syntax: str) -> None:
+    """HTJ2K codestreams made by OpenJPH's ojph_compress (Debian openjph-tools), not by our code."""
+    encoder = shutil.which("ojph_compress")
+    if encoder is None:
+        message = "ojph_compress not found; install the Debian package openjph-tools"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    ds = dataset()
+    stored = np.frombuffer(ds.PixelData, "<u2").reshape(128, 128)
+    pgm = tmp_path / "in.pgm"
+    pgm.write_bytes(b"P5 128 128 4095\n" + stored.astype(">u2").tobytes())  # 16-bit PGM is big endian
+    order = "RPCL" if syntax == pydicom.uid.HTJ2KLosslessRPCL else "LRCP"
+    subprocess.run([encoder, "-i", str(pgm), "-o", str(tmp_path / "out.j2c"), "-reversible", "true",
+                    "-prog_order", order], check=True, capture_output=True)
+    ds.PixelData = pydicom.encaps.encapsulate([(tmp_path / "out.j2c").read_bytes()])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = syntax
+    plain = write(tmp_path / "plain.dcm", dataset())
+    result = read_image(write(tmp_path / "htj2k.dcm", ds))
+    assert (result.transfer_syntax, result.decoder) == (syntax, "pylibjpeg")
+    assert np.array_equal(result.pixels, read_image(plain).pixels)
 
 
 # --- every file bundled with pydicom -------------------------------------------------------------------

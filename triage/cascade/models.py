@@ -50,33 +50,42 @@ def _load(spec: ModelSpec, device: Device, threads: int | None, variant: str) ->
 class CascadeModels:
     """The bundle's models loaded on one device.
 
+    ``backends`` replaces the models the card names by ready-made callables with the same outputs, by
+    role ("classifier", "segmenter", "saliency"): e.g. PyTorch modules wrapped in
+    :class:`triage.backends.torch_module.TorchModel` to evaluate a training run through exactly this
+    cascade (thresholds, TTA and preprocessing still come from the bundle's card).
+
     ``variant``: "auto" (the card's default variant per model for the device: e.g. INT8 on the CPU where
     the export found it pays, TensorRT on a GPU) or a variant name every model has ("fp32", "int8", ...).
     """
 
     def __init__(
-        self, bundle: Bundle, device: Device = "auto", threads: int | None = None, variant: str = "auto"
+        self,
+        bundle: Bundle,
+        device: Device = "auto",
+        threads: int | None = None,
+        backends: dict[str, Model] | None = None,
+        variant: str = "auto",
     ) -> None:
+        given = dict(backends or {})
+        unknown = sorted(set(given) - {"classifier", "segmenter", "saliency"})
+        if unknown:
+            raise ValueError(f"unknown backend roles {unknown}; valid: classifier, segmenter, saliency")
         self.bundle = bundle
         self.variants: dict[str, str] = {}
-        self.classifier: Model
-        self.segmenter: Model
-        self.classifier, self.variants["classifier"] = _load(bundle.classifier, device, threads, variant)
-        self.segmenter, self.variants["segmenter"] = _load(bundle.segmenter, device, threads, variant)
-        self.saliency: Model | None = None
-        if bundle.saliency is not None:
-            self.saliency, self.variants["saliency"] = _load(bundle.saliency, device, threads, variant)
-
-    @classmethod
-    def from_models(
-        cls, bundle: Bundle, classifier: Model, segmenter: Model, saliency: Model | None = None
-    ) -> CascadeModels:
-        """Models loaded elsewhere (e.g. PyTorch modules wrapped by TorchModel, for export parity checks)."""
-        self = cls.__new__(cls)
-        self.bundle = bundle
-        self.classifier, self.segmenter, self.saliency = classifier, segmenter, saliency
-        self.variants = {"classifier": classifier.provider, "segmenter": segmenter.provider}
-        return self
+        loaded: dict[str, Model | None] = {}
+        for role in ("classifier", "segmenter", "saliency"):
+            spec = getattr(bundle, role)
+            if role in given:
+                loaded[role], self.variants[role] = given[role], given[role].provider
+            elif spec is not None:
+                loaded[role], self.variants[role] = _load(spec, device, threads, variant)
+            else:
+                loaded[role] = None
+        assert loaded["classifier"] is not None and loaded["segmenter"] is not None
+        self.classifier: Model = loaded["classifier"]
+        self.segmenter: Model = loaded["segmenter"]
+        self.saliency: Model | None = loaded["saliency"]
 
     @property
     def provider(self) -> str:

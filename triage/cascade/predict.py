@@ -145,7 +145,9 @@ class Predictor:
     def __init__(self, bundle: Bundle, options: PredictOptions, models: CascadeModels | None = None) -> None:
         self.bundle = bundle
         self.options = options
-        self.models = models or CascadeModels(bundle, options.device, options.threads, options.variant)
+        self.models = models or CascadeModels(
+            bundle, options.device, options.threads, variant=options.variant
+        )
 
     def run(
         self,

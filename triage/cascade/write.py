@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -66,69 +67,92 @@ def _saliency_on_source(item: Item) -> NDArray[np.float32] | None:
     return np.clip(to_source(chosen, item.gate_input.geometry), 0.0, 1.0)
 
 
+def _decision(item: Item, bundle: Bundle) -> tuple[NDArray[np.bool_], int, bool, float | None, float]:
+    """(source-grid mask, area px, positive, area mm² or None, probability) of an inferred image."""
+    assert item.image is not None
+    mask = source_mask(item, bundle)
+    area = int(mask.sum())
+    positive = bool(item.gated and area > 0)
+    spacing = item.image.pixel_spacing_mm
+    area_mm2 = round(area * spacing[0] * spacing[1], 1) if spacing else None
+    return mask, area, positive, area_mm2, float(item.probability or 0.0)
+
+
 def finish_item(item: Item, bundle: Bundle, out: Path, formats: frozenset[str]) -> ResultRecord:
-    """Write the outputs of one inferred image and return its record; errors become error records."""
+    """Write the outputs of one inferred image and return its record.
+
+    Each requested output is written on its own: when one fails (e.g. a SEG for a source whose IOD
+    highdicom cannot reference), the others are still written and the record keeps the decision
+    (probability, positive, mask area, priority) with status ``error``, code ``write_failed`` and a
+    message naming each failed output, so the worklist still ranks the study and nothing passes silently.
+    """
     if item.error is not None or item.image is None:
         return error_record(item, bundle.label)
     t0 = time.perf_counter()
+    image = item.image
     try:
-        image = item.image
-        mask = source_mask(item, bundle)
-        area = int(mask.sum())
-        positive = bool(item.gated and area > 0)
-        spacing = image.pixel_spacing_mm
-        area_mm2 = round(area * spacing[0] * spacing[1], 1) if spacing else None
-        probability = float(item.probability or 0.0)
+        mask, area, positive, area_mm2, probability = _decision(item, bundle)
         folder = study_dir(out, image.study_uid)
         sop = validated_uid(image.sop_uid, "SOPInstanceUID")
-        info = BundleInfo(bundle.name, bundle.version, bundle.content_hash.removeprefix("sha256:"))
-        outputs: dict[str, str] = {}
-
-        def rel(path: Path) -> str:
-            return path.relative_to(out).as_posix()
-
-        overlay = None
-        if formats & {"png", "sc"}:
-            area_text = f"{area_mm2:.0f} mm²" if area_mm2 is not None else f"{area} px"
-            caption = (
-                f"P(PTX)={probability:.2f} · {'POSITIVE' if positive else 'negative'}"
-                f"{' · area ' + area_text if positive else ''} · {bundle.label}"
-            )
-            overlay = render_overlay(
-                image.pixels, mask if positive else None, _saliency_on_source(item), caption=caption
-            )
-        if "png" in formats and overlay is not None:
-            atomic_save_png(folder / f"{sop}_overlay.png", overlay)
-            outputs["overlay_png"] = rel(folder / f"{sop}_overlay.png")
-            if positive:
-                save_mask_png(folder / f"{sop}_mask.png", mask)
-                outputs["mask_png"] = rel(folder / f"{sop}_mask.png")
-        if "seg" in formats and positive:
-            write_seg(image.dataset, mask, folder / f"{sop}_seg.dcm", bundle=info)
-            outputs["seg"] = rel(folder / f"{sop}_seg.dcm")
-        if "sc" in formats and overlay is not None:
-            write_sc(image.dataset, overlay, folder / f"{sop}_sc.dcm", bundle=info)
-            outputs["sc"] = rel(folder / f"{sop}_sc.dcm")
-        if "sr" in formats:
-            write_sr(
-                image.dataset,
-                probability=probability,
-                positive=positive,
-                mask_area_mm2=area_mm2,
-                path=folder / f"{sop}_sr.dcm",
-                bundle=info,
-            )
-            outputs["sr"] = rel(folder / f"{sop}_sr.dcm")
     except TriageError as exc:
         item.error = exc
         return error_record(item, bundle.label)
     except Exception as exc:  # one image's failure never ends the batch
-        item.error = TriageError(ErrorCode.WRITE_FAILED, f"{type(exc).__name__}: {exc}")
+        item.error = TriageError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
         return error_record(item, bundle.label)
+    info = BundleInfo(bundle.name, bundle.version, bundle.content_hash.removeprefix("sha256:"))
+    outputs: dict[str, str] = {}
+    failures: dict[str, str] = {}
+
+    def attempt(kind: str, path: Path, write: Callable[[Path], object]) -> None:
+        try:
+            write(path)
+            outputs[kind] = path.relative_to(out).as_posix()
+        except TriageError as exc:
+            failures[kind] = exc.message
+        except Exception as exc:
+            failures[kind] = f"{type(exc).__name__}: {exc}"
+
+    overlay = None
+    if formats & {"png", "sc"}:
+        area_text = f"{area_mm2:.0f} mm²" if area_mm2 is not None else f"{area} px"
+        caption = (
+            f"P(PTX)={probability:.2f} · {'POSITIVE' if positive else 'negative'}"
+            f"{' · area ' + area_text if positive else ''} · {bundle.label}"
+        )
+        try:
+            overlay = render_overlay(
+                image.pixels, mask if positive else None, _saliency_on_source(item), caption=caption
+            )
+        except Exception as exc:
+            failures["overlay"] = f"{type(exc).__name__}: {exc}"
+    if "png" in formats and overlay is not None:
+        attempt("overlay_png", folder / f"{sop}_overlay.png", lambda p: atomic_save_png(p, overlay))
+        if positive:
+            attempt("mask_png", folder / f"{sop}_mask.png", lambda p: save_mask_png(p, mask))
+    if "seg" in formats and positive:
+        attempt("seg", folder / f"{sop}_seg.dcm", lambda p: write_seg(image.dataset, mask, p, bundle=info))
+    if "sc" in formats and overlay is not None:
+        attempt("sc", folder / f"{sop}_sc.dcm", lambda p: write_sc(image.dataset, overlay, p, bundle=info))
+    if "sr" in formats:
+        attempt(
+            "sr",
+            folder / f"{sop}_sr.dcm",
+            lambda p: write_sr(
+                image.dataset,
+                probability=probability,
+                positive=positive,
+                mask_area_mm2=area_mm2,
+                path=p,
+                bundle=info,
+            ),
+        )
     item.timings_ms["write"] = 1000 * (time.perf_counter() - t0)
     return ResultRecord(
         input=item.input,
-        status="ok",
+        status="error" if failures else "ok",
+        error_code=ErrorCode.WRITE_FAILED.value if failures else None,
+        message="; ".join(f"{kind}: {text}" for kind, text in failures.items()) or None,
         study_uid=image.study_uid,
         series_uid=image.series_uid,
         sop_uid=image.sop_uid,

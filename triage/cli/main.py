@@ -18,6 +18,29 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def main(
+    verbose: Annotated[
+        int, typer.Option("--verbose", "-v", count=True, help="More log output: -v info, -vv debug.")
+    ] = 0,
+) -> None:
+    """Pneumothorax triage for chest radiographs: synthesize studies, train, export, predict, serve.
+
+    Logs go to stderr without patient data: text of third-party warnings (which may quote DICOM
+    header values such as names) is withheld.
+    """
+    import logging
+
+    from rich.logging import RichHandler
+
+    from triage.cli.console import err_console
+    from triage.logsafe import configure
+
+    handler = RichHandler(console=err_console, show_time=False, show_path=False, markup=False)
+    third_party = logging.WARNING if verbose else logging.ERROR  # their text is withheld either way
+    configure(max(logging.DEBUG, logging.WARNING - 10 * verbose), handler, third_party_level=third_party)
+
+
 def fail(command: str, message: str) -> NoReturn:
     """Print a one-line error for `command` and exit with status 2 (bad usage or input)."""
     typer.echo(f"triage {command}: error: {message}", err=True)

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from triage.bundle import load_bundle
 from triage.cascade.predict import PredictOptions, Summary, predict
+from triage.cli.console import err_console
 from triage.errors import TriageError
 
 
@@ -35,7 +36,7 @@ def _summary_table(summary: Summary, out: Path) -> Table:
 
 
 def run_predict(paths: list[str], model: Path, out: Path, options: PredictOptions) -> int:
-    console = Console(stderr=True)
+    console = err_console
     try:
         bundle = load_bundle(model)
     except TriageError as exc:

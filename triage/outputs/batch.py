@@ -156,12 +156,17 @@ class _Study:
         return [r for r in self.records if r.status == "ok"]
 
     @property
+    def decided(self) -> list[ResultRecord]:
+        """Records with a decision: ok ones, and write_failed ones that kept their probability."""
+        return [r for r in self.records if r.probability is not None]
+
+    @property
     def positive(self) -> bool:
-        return any(r.positive for r in self.ok)
+        return any(r.positive for r in self.decided)
 
     @property
     def max_probability(self) -> float | None:
-        values = [r.probability for r in self.ok if r.probability is not None]
+        values = [r.probability for r in self.decided if r.probability is not None]
         return max(values) if values else None
 
     def sort_key(self) -> tuple[int, float, str]:
@@ -182,7 +187,7 @@ def _number(value: float | None, digits: int) -> str:
 def _row(rank: int, study: _Study) -> list[str]:
     ok = study.ok
     priorities = [r.priority for r in study.records if r.priority is not None]
-    areas = [r.mask_area_mm2 for r in ok if r.mask_area_mm2 is not None]
+    areas = [r.mask_area_mm2 for r in study.decided if r.mask_area_mm2 is not None]
     try:
         outputs = f"studies/{validated_uid(study.uid, 'StudyInstanceUID')}"
     except TriageError:
@@ -195,7 +200,7 @@ def _row(rank: int, study: _Study) -> list[str]:
         _number(study.max_probability, 4),
         "true" if study.positive else "false",
         str(len(ok)),
-        str(sum(1 for r in ok if r.positive)),
+        str(sum(1 for r in study.decided if r.positive)),
         _number(max(areas) if areas else None, 1),
         str(sum(1 for r in study.records if r.status == "error")),
         outputs,

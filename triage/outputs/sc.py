@@ -53,11 +53,13 @@ def build_sc(source: pydicom.Dataset, overlay_rgb: np.ndarray, *, bundle: Bundle
         sop_instance_uid=output_uid(source, bundle, "sc", "sop"),
         instance_number=INSTANCE_NUMBER,
         manufacturer="triage",
-        patient_orientation=orientation or ("L", "F"),  # placeholder replaced below
+        patient_orientation=("L", "F"),  # placeholder replaced below
         transfer_syntax_uid=pydicom.uid.ExplicitVRLittleEndian,
     )
     if orientation is None:
         sc.add_new(0x00200020, "CS", None)  # PatientOrientation, Type 2: unknown
+    else:  # set directly: highdicom's enum takes single letters only, not compound values such as "PF"
+        sc.PatientOrientation = list(orientation)
     body_part = str(source.get("BodyPartExamined", "") or "")
     if body_part:
         sc.BodyPartExamined = body_part  # lets validators see an unpaired part: Laterality (2C) absent

@@ -48,7 +48,7 @@ def build_seg(source: pydicom.Dataset, mask: np.ndarray, *, bundle: BundleInfo) 
         raise ValueError(f"mask must be bool with the source's shape {shape}; got {arr.dtype} {arr.shape}")
     seg = hd.seg.Segmentation(
         source_images=[source],
-        pixel_array=arr.astype(np.uint8),
+        pixel_array=arr[None].astype(np.uint8),  # one frame: also right for sources with plane positions
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[segment_description(bundle)],
         series_instance_uid=output_uid(source, bundle, "seg", "series"),
