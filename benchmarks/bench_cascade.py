@@ -125,14 +125,13 @@ def make_bundle(work: Path, data: Path) -> Path:
             out=bundle,
             name="seed-random",
             default_thresholds=True,
-            int8=True,
-            int8_default="fp32",
             on_step=lambda m: print(f"  export: {m}", flush=True),
         ),
     )
     b = load_bundle(bundle)
-    models = CascadeModels(b, "cpu", variant="fp32")
     items = [load_item(f, b, ReadPolicy()) for f in _files(data)[:64]]
+    _add_int8(bundle, items)
+    models = CascadeModels(b, "cpu", variant="fp32")
     prob, _ = models.gate(np.stack([it.gate_input.x for it in items]), True)  # type: ignore[union-attr]
     seg = models.segment(np.stack([it.seg_input.x for it in items[:16]]), True)  # type: ignore[union-attr]
     card = json.loads((bundle / "card.json").read_text())
@@ -150,6 +149,28 @@ def make_bundle(work: Path, data: Path) -> Path:
     (bundle / "card.json").write_text(json.dumps(card, indent=2))
     seal(bundle)
     return bundle
+
+
+def _add_int8(bundle: Path, items: list[Any]) -> None:
+    """INT8 variants for the speed comparison only (random weights: their accuracy means nothing; the
+    parity check that `triage export --int8` runs is skipped here and the card says so)."""
+    from export.images import ImageSet
+    from export.quantize import quantize
+
+    card = json.loads((bundle / "card.json").read_text())
+    images = ImageSet(items[:32], {})
+    for role, entry in card["models"].items():
+        file = entry["file"].replace(".onnx", ".int8.onnx")
+        quantize(bundle / entry["file"], bundle / file, "image", images.batches(role), role)
+        entry["variants"] = {
+            "int8": {
+                "file": file,
+                "runtime": "onnx",
+                "precision": "int8",
+                "note": "benchmark only: random weights, no parity check",
+            }
+        }
+    (bundle / "card.json").write_text(json.dumps(card, indent=2))
 
 
 # ---------------------------------------------------------------------------------------------- arms
