@@ -12,7 +12,7 @@ from numpy.typing import NDArray
 from triage.bundle import Bundle
 from triage.cascade.items import Item
 from triage.cascade.postprocess import triplet_mask
-from triage.cascade.preprocess import to_source
+from triage.cascade.preprocess import content, to_source
 from triage.errors import ErrorCode, TriageError
 from triage.outputs.atomic import atomic_save_png
 from triage.outputs.dicom_objects import BundleInfo
@@ -59,12 +59,14 @@ def source_mask(item: Item, bundle: Bundle) -> NDArray[np.bool_]:
 
 
 def _saliency_on_source(item: Item) -> NDArray[np.float32] | None:
-    """The map shown in the overlay: the saliency model's if present, else the classifier's CAM."""
+    """The map shown in the overlay: the saliency model's if present, else the classifier's CAM, cropped
+    to the image (letterbox padding removed) at its own resolution; the overlay resizes it once, to its
+    own size, rather than to the full source grid first (a 2048² float map per image)."""
     assert item.image is not None and item.gate_input is not None
     chosen = item.saliency if item.saliency is not None else item.cam
     if chosen is None:
         return None
-    return np.clip(to_source(chosen, item.gate_input.geometry), 0.0, 1.0)
+    return np.clip(content(chosen, item.gate_input.geometry), 0.0, 1.0)
 
 
 def _decision(item: Item, bundle: Bundle) -> tuple[NDArray[np.bool_], int, bool, float | None, float]:
