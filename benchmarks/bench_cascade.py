@@ -19,7 +19,7 @@ lossless with ``--compression j2k``).
 
 Latency per study = when its record was written − when its file started being read (for the floor: the
 end − the start of its batch). RSS: peak (VmHWM) of the arm's process; the runtime also runs a long pass
-over ``--long`` studies (the set cycled through symlinks) and reports RSS after 100 and after ``--long``.
+over ``--long`` studies (the set cycled through hard links) and reports RSS after 100 and after ``--long``.
 
 Usage:  python benchmarks/bench_cascade.py [--studies 100] [--long 1000] [--json bench.json]
         [--formats seg] [--compression none,j2k] [--work /tmp/triage-bench]
@@ -419,6 +419,7 @@ def main() -> None:
     parser.add_argument("--write-workers", type=int, default=0)
     parser.add_argument("--arms", default="runtime,reference,floor")
     parser.add_argument("--variants", default="fp32", help="model variants for runtime and floor: fp32,int8")
+    parser.add_argument("--j2k-variants", default="fp32", help="variants of the runtime on JPEG 2000 inputs")
     parser.add_argument("--repeat", type=int, default=1, help="runs per arm, alternating order; best kept")
     parser.add_argument("--work", type=Path, default=Path("/tmp/triage-bench"))
     parser.add_argument("--json", type=Path, default=None)
@@ -449,7 +450,8 @@ def main() -> None:
     plan: list[tuple[str, str, str, list[str]]] = []  # (tag, arm, variant, files)
     for comp, data in datasets.items():
         for arm in arms:
-            for variant in variants if arm != "reference" else ["torch"]:
+            chosen = variants if comp == "none" else args.j2k_variants.split(",")
+            for variant in chosen if arm != "reference" else ["torch"]:
                 if arm == "floor" and comp != next(iter(datasets)):
                     continue  # decoded tensors: the same for every compression
                 suffix = "" if variant in ("fp32", "torch") else f"-{variant}"
@@ -471,8 +473,8 @@ def main() -> None:
         links.mkdir()
         cycled = []
         for i in range(args.long):
-            link = links / f"{i:05d}.dcm"
-            link.symlink_to(files[i % len(files)])
+            link = links / f"{i:05d}.dcm"  # a hard link: the runtime de-duplicates inputs by real path
+            os.link(files[i % len(files)], link)
             cycled.append(str(link))
         raw["runtime-long"] = run_arm("runtime", cycled, bundle, args.work, "runtime-long", args, variants[0])
         results["runtime-long"] = summarise(raw["runtime-long"])
