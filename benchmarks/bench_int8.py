@@ -120,7 +120,7 @@ def quick_train(work: Path, epochs: int) -> tuple[Path, Path]:
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                total += float(loss) * len(b)
+                total += float(loss.detach()) * len(b)
             print(
                 f"  quick-train {role} epoch {epoch + 1}/{epochs}: loss {total / len(perm):.3f} "
                 f"({time.perf_counter() - t0:.0f} s)",
