@@ -1,9 +1,9 @@
 """INT8 vs FP32 on the CPU: speed and the metric change (classifier AUC, cascade Dice per image), honestly.
 
 Needs trained runs: ``--runs CLASSIFIER_RUN SEGMENTER_RUN`` (what ``triage train`` writes), or
-``--quick-train``, which trains small stand-ins here (timm resnet18 classifier, smp Unet resnet18, 128 px,
-BCE / BCE + Dice, Adam, a few epochs on synthetic studies: NOT the project's training pipeline, only
-enough signal that AUC and Dice mean something). Then:
+``--quick-train``, which trains small stand-ins here (timm resnet10t classifier, smp Unet resnet18,
+128 px, BCE / BCE + Dice, Adam, batches of 8, a few epochs on synthetic studies: NOT the project's
+training pipeline, only enough signal that AUC and Dice mean something). Then:
 
 1. ``triage export RUNS --int8`` (calibration: its default synthetic set), falling back to a direct
    quantisation when the INT8 parity check refuses the variant (the refusal is reported);
@@ -92,7 +92,7 @@ def quick_train(work: Path, epochs: int) -> tuple[Path, Path]:
     )
     runs = []
     for role, arch in (
-        ("classifier", ArchSpec("classifier", "resnet18")),
+        ("classifier", ArchSpec("classifier", "resnet10t")),
         ("segmenter", ArchSpec("segmenter", "resnet18")),
     ):
         model = build_model(arch)
@@ -103,8 +103,8 @@ def quick_train(work: Path, epochs: int) -> tuple[Path, Path]:
             model.train()
             perm = idx[torch.randperm(len(idx))]
             total = 0.0
-            for start in range(0, len(perm), 16):
-                b = perm[start : start + 16]
+            for start in range(0, len(perm), 8):
+                b = perm[start : start + 8]
                 xb = x[b]
                 if torch.rand(()) < 0.5:
                     xb, mb = xb.flip(-1), m[b].flip(-1)
