@@ -31,6 +31,7 @@ from triage.cascade.write import FORMATS, error_record, finish_item
 from triage.errors import ErrorCode, TriageError
 from triage.io.dicom import ReadPolicy
 from triage.io.inputs import expand_inputs
+from triage.memory import fix_mmap_threshold
 from triage.outputs.batch import ResultsWriter, finished_inputs, read_results, write_worklist
 from triage.outputs.records import ResultRecord
 
@@ -164,6 +165,7 @@ class Predictor:
     """
 
     def __init__(self, bundle: Bundle, options: PredictOptions, models: CascadeModels | None = None) -> None:
+        fix_mmap_threshold()  # flat memory over thousands of studies (triage/memory.py)
         self.bundle = bundle
         self.options = options
         self.models = models or CascadeModels(
