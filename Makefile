@@ -57,18 +57,28 @@ $(VENV)/.installed-: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 	$(BIN)/pip install --no-input -c $(CONSTRAINTS) -e .
 	touch $@
 
-# dcmtk (dcmdump, ...), dicom3tools (dciodvfy) and openjph-tools (ojph_compress: an independent HTJ2K
-# encoder) are used by the DICOM interoperability tests.
+# dcmtk (dcmdump, storescu, echoscu, dcmcjpeg, ...), dicom3tools (dciodvfy), openjph-tools (ojph_compress:
+# an independent HTJ2K encoder) and orthanc (the PACS of the service tests) are used by the DICOM
+# interoperability tests. apt-get must not start the orthanc system service: if no policy-rc.d forbids it
+# (Docker's Debian images ship one), one is put in place for the install and removed again.
 dcmtk:
 	@pkgs=""; \
 	command -v dcmdump >/dev/null 2>&1 || pkgs="$$pkgs dcmtk"; \
 	command -v dciodvfy >/dev/null 2>&1 || pkgs="$$pkgs dicom3tools"; \
 	command -v ojph_compress >/dev/null 2>&1 || pkgs="$$pkgs openjph-tools"; \
+	command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ] || pkgs="$$pkgs orthanc"; \
 	if [ -n "$$pkgs" ]; then \
 	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	        echo "installing Debian package(s)$$pkgs for the interoperability tests"; \
 	        export DEBIAN_FRONTEND=noninteractive; \
-	        apt-get update -q && apt-get install -y -q --no-install-recommends $$pkgs; \
+	        policy=""; \
+	        if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	            printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d; \
+	            policy=/usr/sbin/policy-rc.d; \
+	        fi; \
+	        rc=0; apt-get update -q && apt-get install -y -q --no-install-recommends $$pkgs || rc=$$?; \
+	        if [ -n "$$policy" ]; then rm -f "$$policy"; fi; \
+	        exit $$rc; \
 	    else \
 	        echo "hint: missing$$pkgs; install with sudo apt-get install --no-install-recommends$$pkgs - tests that need them will not run"; \
 	    fi; \

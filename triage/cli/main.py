@@ -296,5 +296,46 @@ def export_cmd(
     raise typer.Exit(run_export(runs, options))
 
 
+# --- services (the serving extra) ----------------------------------------------------------------
+# Thin forwarders: options and bodies live in serving/cli.py, imported only when the command runs
+# (`triage watch --help` shows them), so the runtime CLI never imports watchdog or pynetdicom.
+_FORWARD_ARGS = {
+    "context_settings": {"allow_extra_args": True, "ignore_unknown_options": True},
+    "add_help_option": False,
+}
+
+
+def _serving(command: str, args: list[str]) -> NoReturn:
+    try:
+        from serving import missing_dependencies
+    except ImportError:
+        fail(command, "needs the serving package and extra: pip install 'triage[serving]'")
+    missing = missing_dependencies()
+    if missing:
+        extra = "needs the serving extra: pip install 'triage[serving]'"
+        fail(command, f"{extra} (missing: {', '.join(missing)})")
+    from serving.cli import main as serving_main
+
+    raise typer.Exit(serving_main(command, args))
+
+
+@app.command(**_FORWARD_ARGS)  # type: ignore[arg-type]
+def watch(ctx: typer.Context) -> None:
+    """Folder watcher service: triage each complete study dropped in a folder (--help for options)."""
+    _serving("watch", ctx.args)
+
+
+@app.command(**_FORWARD_ARGS)  # type: ignore[arg-type]
+def listen(ctx: typer.Context) -> None:
+    """DICOM listener service (storage SCP), forwarding results to a PACS (--help for options)."""
+    _serving("listen", ctx.args)
+
+
+@app.command(**_FORWARD_ARGS)  # type: ignore[arg-type]
+def jobs(ctx: typer.Context) -> None:
+    """Job store of a watch / listen service: states, failures, re-queue (--help for options)."""
+    _serving("jobs", ctx.args)
+
+
 if __name__ == "__main__":
     app()
