@@ -4,6 +4,7 @@
 #   make test    lint, then the test suite (pytest -n auto)
 #   make lint    ruff check . and mypy (strict on triage/)
 #   make bench   benchmarks/bench_synth.py
+#   make bench-cascade  end-to-end cascade benchmark (docs/speed.md; ~30 min on 2 cores)
 #   make lock    regenerate constraints.txt (full lock of .[training,serving,dev], Python 3.11)
 #   make clean   remove .venv and demo-out
 #
@@ -36,7 +37,7 @@ RUNTIME_STAMP := $(call stamp,$(RUNTIME_EXTRAS))
 
 DEMO_OUT := demo-out
 
-.PHONY: help test lint demo bench lock clean dcmtk
+.PHONY: help test lint demo bench bench-cascade lock clean dcmtk
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
@@ -112,6 +113,10 @@ demo: $(RUNTIME_STAMP)
 
 bench: $(RUNTIME_STAMP)
 	$(BIN)/python benchmarks/bench_synth.py
+
+# The runtime vs the reference pipeline (PyTorch eager) vs the model-only floor: needs the training extra.
+bench-cascade: $(TEST_STAMP)
+	$(BIN)/python benchmarks/bench_cascade.py --variants fp32,int8 --json bench-cascade.json
 
 # --- lock, clean -------------------------------------------------------------------------------
 

@@ -20,15 +20,26 @@ Card (format ``triage-bundle/1``)::
              "outputs": {"logit": "logit", "cam": "cam"}}      # classifier
              "outputs": {"probability": "probability"}         # segmenter
              "outputs": {"map": "saliency", "logit": "logit"}  # saliency model (logit optional)
+             # optional, written by `triage export`:
+             "precision": "fp32",                              # the name of this (base) variant
+             "requires": {...}, "parity": {...},               # what it needs to run; export parity figures
+             "variants": {"int8": VARIANT, "tensorrt-fp16": VARIANT},
+             "default_variant": {"cpu": "int8", "cuda": "tensorrt-fp16"}}
 
-`min_area` and `min_component` count pixels on the segmenter's input grid (``grid: model``).
+    VARIANT = {"file": "classifier.int8.onnx", "runtime": "onnx" | "tensorrt", "precision": "int8",
+               "sha256": "...", "requires": {...}, "parity": {...}, ...}
+
+A variant is the same model in another file, precision or runtime: it shares the base's input contract
+and outputs. Which one runs is chosen by :func:`select_variant` (the card's ``default_variant`` for the
+device, unless the user names one). `min_area` and `min_component` count pixels on the segmenter's input
+grid (``grid: model``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -65,6 +76,14 @@ class ModelSpec:
     resize: Literal["letterbox", "stretch"]
     normalization: Normalization
     outputs: dict[str, str]  # meaning -> graph output name
+    precision: str = "fp32"  # the variant's name: "fp32" for the base, "int8", "tensorrt-fp16", ...
+    variants: dict[str, ModelSpec] = field(default_factory=dict)  # other variants, by name
+    default_variant: dict[str, str] = field(default_factory=dict)  # device kind ("cpu"/"cuda") -> name
+    raw: dict[str, Any] = field(default_factory=dict)  # the card's entry (requires, parity, speed, ...)
+
+    @property
+    def variant_names(self) -> list[str]:
+        return [self.precision, *self.variants]
 
 
 @dataclass(frozen=True)
@@ -112,6 +131,10 @@ def content_hash(card: dict[str, Any], root: Path) -> str:
     h.update(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
     for role in sorted(card.get("models", {})):
         h.update(file_sha256(root / card["models"][role]["file"]).encode())
+    for role in sorted(card.get("models", {})):  # variants: absent from older cards (same hash there)
+        variants = card["models"][role].get("variants") or {}
+        for name in sorted(variants):
+            h.update(file_sha256(root / variants[name]["file"]).encode())
     return f"sha256:{h.hexdigest()}"
 
 
@@ -121,21 +144,55 @@ def seal(root: Path) -> str:
     card = json.loads(path.read_text(encoding="utf-8"))
     for spec in card["models"].values():
         spec["sha256"] = file_sha256(root / spec["file"])
+        for variant in (spec.get("variants") or {}).values():
+            variant["sha256"] = file_sha256(root / variant["file"])
     card["content_hash"] = content_hash(card, root)
     path.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
     return str(card["content_hash"])
+
+
+def _file(where: str, raw: dict[str, Any]) -> tuple[str, Literal["onnx", "tensorrt"]]:
+    rel = str(raw["file"])
+    if Path(rel).is_absolute() or ".." in Path(rel).parts:
+        raise _corrupt(f"{where}.file must be a path inside the bundle, got {rel!r}")
+    runtime = raw.get("runtime", "onnx")
+    if runtime not in RUNTIMES:
+        raise _corrupt(f"{where}.runtime must be one of {RUNTIMES}, got {runtime!r}")
+    return rel, runtime
+
+
+def _variants(role: str, raw: dict[str, Any], base: ModelSpec, root: Path) -> dict[str, ModelSpec]:
+    found = raw.get("variants") or {}
+    if not isinstance(found, dict):
+        raise _corrupt(f"models.{role}.variants must be an object of name -> variant")
+    out: dict[str, ModelSpec] = {}
+    for name, var in found.items():
+        where = f"models.{role}.variants.{name}"
+        if not isinstance(var, dict) or name == base.precision:
+            raise _corrupt(f"{where} must be an object, named other than the base {base.precision!r}")
+        rel, runtime = _file(where, var)
+        out[str(name)] = replace(
+            base,
+            path=root / rel,
+            runtime=runtime,
+            sha256=str(var.get("sha256", "")),
+            precision=str(name),
+            variants={},
+            default_variant={},
+            raw=dict(var),
+        )
+    defaults = {str(k): str(v) for k, v in (raw.get("default_variant") or {}).items()}
+    unknown = {k: v for k, v in defaults.items() if v != base.precision and v not in out}
+    if unknown:
+        raise _corrupt(f"models.{role}.default_variant names {unknown}; variants: {[base.precision, *out]}")
+    return out
 
 
 def _model(role: str, raw: Any, root: Path) -> ModelSpec:
     if not isinstance(raw, dict):
         raise _corrupt(f"models.{role} must be an object")
     try:
-        rel = str(raw["file"])
-        if Path(rel).is_absolute() or ".." in Path(rel).parts:
-            raise _corrupt(f"models.{role}.file must be a path inside the bundle, got {rel!r}")
-        runtime = raw.get("runtime", "onnx")
-        if runtime not in RUNTIMES:
-            raise _corrupt(f"models.{role}.runtime must be one of {RUNTIMES}, got {runtime!r}")
+        rel, runtime = _file(f"models.{role}", raw)
         norm = raw.get("normalization", {"kind": "minmax"})
         if norm.get("kind") not in ("meanstd", "minmax"):
             raise _corrupt(f"models.{role}.normalization.kind must be meanstd or minmax, got {norm}")
@@ -149,7 +206,7 @@ def _model(role: str, raw: Any, root: Path) -> ModelSpec:
         resize = raw.get("resize", "letterbox")
         if resize not in ("letterbox", "stretch"):
             raise _corrupt(f"models.{role}.resize must be letterbox or stretch, got {resize!r}")
-        return ModelSpec(
+        base = ModelSpec(
             role=role,
             path=root / rel,
             runtime=runtime,
@@ -162,6 +219,13 @@ def _model(role: str, raw: Any, root: Path) -> ModelSpec:
                 norm["kind"], tuple(norm.get("mean", ())), tuple(norm.get("std", ()))
             ),
             outputs=outputs,
+            precision=str(raw.get("precision", "fp32")),
+            raw={k: v for k, v in raw.items() if k != "variants"},
+        )
+        return replace(
+            base,
+            variants=_variants(role, raw, base, root),
+            default_variant={str(k): str(v) for k, v in (raw.get("default_variant") or {}).items()},
         )
     except KeyError as exc:
         raise _corrupt(f"models.{role} lacks the field {exc}") from exc
@@ -188,13 +252,14 @@ def load_bundle(root: Path, *, verify: bool = True) -> Bundle:
     if unknown:
         raise _corrupt(f"{card_path}: unknown model roles {unknown}; valid: {list(ROLES)}")
     specs = {role: _model(role, raw, root) for role, raw in models.items()}
-    for spec in specs.values():
+    every = [v for spec in specs.values() for v in (spec, *spec.variants.values())]
+    for spec in every:
         if not spec.path.is_file():
             raise TriageError(
                 ErrorCode.BUNDLE_MISSING, f"model file {spec.path} named by the card is missing"
             )
     if verify:
-        for spec in specs.values():
+        for spec in every:
             if spec.sha256 and file_sha256(spec.path) != spec.sha256:
                 raise TriageError(
                     ErrorCode.BUNDLE_HASH_MISMATCH,
@@ -236,3 +301,19 @@ def load_bundle(root: Path, *, verify: bool = True) -> Bundle:
         provenance=dict(card.get("provenance", {})),
         card=card,
     )
+
+
+def select_variant(spec: ModelSpec, variant: str, device_kind: str) -> ModelSpec:
+    """The variant of ``spec`` to run: ``variant`` by name, or with ``"auto"`` the card's
+    ``default_variant`` for ``device_kind`` ("cpu" or "cuda"), else the base. Raises TriageError
+    (INFERENCE_FAILED) naming the model and its variants when ``variant`` is not one of them."""
+    if variant == "auto":
+        variant = spec.default_variant.get(device_kind, spec.precision)
+    if variant == spec.precision:
+        return spec
+    if variant not in spec.variants:
+        raise TriageError(
+            ErrorCode.INFERENCE_FAILED,
+            f"the bundle's {spec.role} has no variant {variant!r}; it has {spec.variant_names} (or auto)",
+        )
+    return spec.variants[variant]

@@ -77,7 +77,9 @@ def test_image_requirements_are_the_projects_with_the_lock() -> None:
         names(r) for r in optional["serving"]
     }
     assert {names(r) for r in cpu} == runtime
-    assert {names(r) for r in gpu} == (runtime - {"onnxruntime"}) | {"onnxruntime-gpu", "tensorrt"}
+    # cuda-python: device memory and streams for the TensorRT backend (triage/backends/tensorrt.py)
+    gpu_only = {"onnxruntime-gpu", "tensorrt", "cuda-python"}
+    assert {names(r) for r in gpu} == (runtime - {"onnxruntime"}) | gpu_only
     assert f"onnxruntime-gpu=={pins['onnxruntime']}" in gpu and "tensorrt==10.3.0" in gpu
     unpinned = sorted(n for n in {names(r) for r in cpu} if n not in pins)
     assert not unpinned, f"constraints.txt pins none of {unpinned}: the image would not be locked"

@@ -7,6 +7,8 @@ can be wrapped with `triage.backends.torch_module.TorchModel` for development (t
 
 from __future__ import annotations
 
+import importlib.util
+from functools import cache
 from typing import Literal, Protocol
 
 import numpy as np
@@ -25,6 +27,16 @@ class Model(Protocol):
     provider: str
 
     def __call__(self, batch: NDArray[np.float32]) -> dict[str, NDArray[np.float32]]: ...
+
+
+@cache
+def cuda_available() -> bool:
+    """Whether a GPU path is installed: ONNX Runtime's CUDA provider (the gpu extra) or TensorRT."""
+    import onnxruntime as ort
+
+    return "CUDAExecutionProvider" in ort.get_available_providers() or (
+        importlib.util.find_spec("tensorrt") is not None
+    )
 
 
 def load_model(spec: ModelSpec, device: Device = "auto", threads: int | None = None) -> Model:

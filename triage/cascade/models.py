@@ -5,14 +5,18 @@ All take prepared (N, C, H, W) float32 batches on the models' own grids; none kn
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 from numpy.typing import NDArray
 
-from triage.backends import Device, Model, load_model
-from triage.bundle import Bundle
+from triage.backends import Device, Model, cuda_available, load_model
+from triage.bundle import Bundle, ModelSpec, select_variant
 from triage.cascade import tta as tta_ops
+from triage.errors import TriageError
 
 Batch = NDArray[np.float32]
+logger = logging.getLogger(__name__)
 
 
 def sigmoid(x: Batch) -> Batch:
@@ -28,6 +32,21 @@ def normalised_cam(cam: Batch) -> Batch:
     return out
 
 
+def _load(spec: ModelSpec, device: Device, threads: int | None, variant: str) -> tuple[Model, str]:
+    """(model, variant name): ``variant`` by name, or with "auto" the card's default for the device; an
+    automatic GPU choice that cannot load here (no TensorRT, no GPU) falls back to the CPU default."""
+    kind = "cuda" if device == "cuda" or (device == "auto" and cuda_available()) else "cpu"
+    chosen = select_variant(spec, variant, kind)
+    try:
+        return load_model(chosen, device, threads), chosen.precision
+    except TriageError as exc:
+        if variant != "auto" or kind == "cpu" or device == "cuda":
+            raise
+        fallback = select_variant(spec, "auto", "cpu")
+        logger.warning("%s: %s; using the %s variant on the CPU", spec.role, exc.message, fallback.precision)
+        return load_model(fallback, "cpu", threads), fallback.precision
+
+
 class CascadeModels:
     """The bundle's models loaded on one device.
 
@@ -35,6 +54,9 @@ class CascadeModels:
     role ("classifier", "segmenter", "saliency"): e.g. PyTorch modules wrapped in
     :class:`triage.backends.torch_module.TorchModel` to evaluate a training run through exactly this
     cascade (thresholds, TTA and preprocessing still come from the bundle's card).
+
+    ``variant``: "auto" (the card's default variant per model for the device: e.g. INT8 on the CPU where
+    the export found it pays, TensorRT on a GPU) or a variant name every model has ("fp32", "int8", ...).
     """
 
     def __init__(
@@ -43,17 +65,27 @@ class CascadeModels:
         device: Device = "auto",
         threads: int | None = None,
         backends: dict[str, Model] | None = None,
+        variant: str = "auto",
     ) -> None:
         given = dict(backends or {})
         unknown = sorted(set(given) - {"classifier", "segmenter", "saliency"})
         if unknown:
             raise ValueError(f"unknown backend roles {unknown}; valid: classifier, segmenter, saliency")
         self.bundle = bundle
-        self.classifier: Model = given.get("classifier") or load_model(bundle.classifier, device, threads)
-        self.segmenter: Model = given.get("segmenter") or load_model(bundle.segmenter, device, threads)
-        self.saliency: Model | None = given.get("saliency") or (
-            load_model(bundle.saliency, device, threads) if bundle.saliency else None
-        )
+        self.variants: dict[str, str] = {}
+        loaded: dict[str, Model | None] = {}
+        for role in ("classifier", "segmenter", "saliency"):
+            spec = getattr(bundle, role)
+            if role in given:
+                loaded[role], self.variants[role] = given[role], given[role].provider
+            elif spec is not None:
+                loaded[role], self.variants[role] = _load(spec, device, threads, variant)
+            else:
+                loaded[role] = None
+        assert loaded["classifier"] is not None and loaded["segmenter"] is not None
+        self.classifier: Model = loaded["classifier"]
+        self.segmenter: Model = loaded["segmenter"]
+        self.saliency: Model | None = loaded["saliency"]
 
     @property
     def provider(self) -> str:

@@ -1,9 +1,13 @@
 """`triage predict`: the cascade over many files, with decoding and writing overlapping inference.
 
-Readers (a thread pool) decode and preprocess up to `prefetch` inputs ahead; the main thread batches
-images across studies for the classifier, runs the segmenter only on the images the gate passes, and
-hands each image to a writer pool; records are appended to results.jsonl as images finish. Memory is
-bounded by prefetch + batch + pending writes. Every input appears in results.jsonl exactly once.
+Readers (a thread pool) decode and preprocess up to `batch_size + readers` inputs ahead; the main thread
+batches images across studies for the classifier, runs the segmenter only on the images the gate passes,
+and hands each image to a writer pool; records are appended to results.jsonl as soon as their outputs
+are written (in input order). Memory is bounded by prefetch + batch + pending writes (at most
+`2 × batch_size`). Every input appears in results.jsonl exactly once.
+
+Thread counts (:func:`thread_plan`) follow the cores this process may use unless the options name them:
+ONNX Runtime intra-op threads = cores, readers = cores (at most 4), writers = half the cores (at least 1).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from triage.cascade.write import FORMATS, error_record, finish_item
 from triage.errors import ErrorCode, TriageError
 from triage.io.dicom import ReadPolicy
 from triage.io.inputs import expand_inputs
+from triage.memory import fix_mmap_threshold
 from triage.outputs.batch import ResultsWriter, finished_inputs, read_results, write_worklist
 from triage.outputs.records import ResultRecord
 
@@ -42,8 +47,10 @@ class PredictOptions:
     policy: ReadPolicy = field(default_factory=ReadPolicy)
     device: Device = "auto"
     threads: int | None = None  # ONNX Runtime intra-op threads; None = the cores available
-    read_workers: int | None = None  # None = the cores available
+    read_workers: int | None = None  # decode/preprocess threads; None = chosen from the cores
     resume: bool = False
+    write_workers: int | None = None  # output threads; None = chosen from the cores
+    variant: str = "auto"  # model variant: auto (the card's default for the device), fp32, int8, ...
 
     def __post_init__(self) -> None:
         bad = sorted(set(self.formats) - set(FORMATS))
@@ -51,6 +58,10 @@ class PredictOptions:
             raise ValueError(f"unknown output formats {bad}; valid: {list(FORMATS)}")
         if self.batch_size < 1:
             raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
+        for name in ("threads", "read_workers", "write_workers"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1 (or None for automatic), got {value}")
 
 
 @dataclass
@@ -66,6 +77,23 @@ class Summary:
 
 def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class ThreadPlan:
+    inference: int  # ONNX Runtime intra-op threads
+    readers: int  # decode + preprocess
+    writers: int  # outputs
+
+
+def thread_plan(options: PredictOptions) -> ThreadPlan:
+    """The thread counts for ``options``: each one it names, else chosen from the cores available."""
+    cores = _cores()
+    return ThreadPlan(
+        inference=options.threads or cores,
+        readers=options.read_workers or max(1, min(cores, 4)),
+        writers=options.write_workers or max(1, cores // 2),
+    )
 
 
 def _infer(models: CascadeModels, batch: list[Item], options: PredictOptions) -> None:
@@ -137,9 +165,12 @@ class Predictor:
     """
 
     def __init__(self, bundle: Bundle, options: PredictOptions, models: CascadeModels | None = None) -> None:
+        fix_mmap_threshold()  # flat memory over thousands of studies (triage/memory.py)
         self.bundle = bundle
         self.options = options
-        self.models = models or CascadeModels(bundle, options.device, options.threads)
+        self.models = models or CascadeModels(
+            bundle, options.device, thread_plan(options).inference, variant=options.variant
+        )
 
     def run(
         self,
@@ -191,11 +222,11 @@ def _run(
     if on_total is not None:
         on_total(len(todo) + sum(arg not in done for arg, _ in missing))
     records: list[ResultRecord] = []
-    cores = _cores()
+    plan = thread_plan(options)
     with (
         ResultsWriter(out) as results,
-        ThreadPoolExecutor(options.read_workers or cores, thread_name_prefix="read") as readers,
-        ThreadPoolExecutor(max(1, cores // 2), thread_name_prefix="write") as writers,
+        ThreadPoolExecutor(plan.readers, thread_name_prefix="read") as readers,
+        ThreadPoolExecutor(plan.writers, thread_name_prefix="write") as writers,
     ):
 
         def emit(record: ResultRecord) -> None:
@@ -210,7 +241,8 @@ def _run(
         writing: deque[Future[ResultRecord]] = deque()
 
         def drain(limit: int) -> None:
-            while len(writing) > limit:
+            """Emit finished records in order; wait while more than ``limit`` writes are pending."""
+            while writing and (len(writing) > limit or writing[0].done()):
                 emit(writing.popleft().result())
 
         batch: list[Item] = []
@@ -222,7 +254,9 @@ def _run(
             batch.clear()
             drain(2 * options.batch_size)
 
-        for item in _prefetched(todo, bundle, options, readers, depth=2 * options.batch_size):
+        depth = options.batch_size + plan.readers
+        for item in _prefetched(todo, bundle, options, readers, depth=depth):
+            drain(2 * options.batch_size)
             if item.error is not None:
                 emit(error_record(item, bundle.label))
                 continue

@@ -67,12 +67,18 @@ def normalise(grid_image: FloatImage, spec: ModelSpec) -> NDArray[np.float32]:
     return np.stack(channels).astype(np.float32)
 
 
-def to_source(grid_map: FloatImage, geometry: Geometry) -> FloatImage:
-    """A map on the model grid (any resolution proportional to it) back on the source pixel grid."""
+def content(grid_map: FloatImage, geometry: Geometry) -> FloatImage:
+    """The part of a map on the model grid (any resolution proportional to it) that covers the image:
+    the letterbox padding cropped off. Its aspect ratio is the source's, at the map's resolution."""
     gh, gw = geometry.grid
     mh, mw = grid_map.shape
     sy, sx = mh / gh, mw / gw
     top, left, ch, cw = geometry.box
     y0, x0 = round(top * sy), round(left * sx)
     y1, x1 = max(y0 + 1, round((top + ch) * sy)), max(x0 + 1, round((left + cw) * sx))
-    return resize(np.ascontiguousarray(grid_map[y0:y1, x0:x1]), geometry.src_shape)
+    return np.ascontiguousarray(grid_map[y0:y1, x0:x1])
+
+
+def to_source(grid_map: FloatImage, geometry: Geometry) -> FloatImage:
+    """A map on the model grid (any resolution proportional to it) back on the source pixel grid."""
+    return resize(content(grid_map, geometry), geometry.src_shape)

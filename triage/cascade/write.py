@@ -12,7 +12,7 @@ from numpy.typing import NDArray
 from triage.bundle import Bundle
 from triage.cascade.items import Item
 from triage.cascade.postprocess import triplet_mask
-from triage.cascade.preprocess import to_source
+from triage.cascade.preprocess import content, to_source
 from triage.errors import ErrorCode, TriageError
 from triage.outputs.atomic import atomic_save_png
 from triage.outputs.dicom_objects import BundleInfo
@@ -60,21 +60,23 @@ def source_mask(item: Item, bundle: Bundle) -> NDArray[np.bool_]:
 
 
 def _cam_on_source(item: Item) -> NDArray[np.float32] | None:
-    """The classifier's CAM on the source grid, or None."""
+    """The classifier's CAM cropped to the image (letterbox padding removed) at its own resolution, or
+    None; the renderers resize a map once, to their own output size, rather than to the full source grid
+    first (a 2048² float map per image)."""
     assert item.image is not None and item.gate_input is not None
     if item.cam is None:
         return None
-    return np.clip(to_source(item.cam, item.gate_input.geometry), 0.0, 1.0)
+    return np.clip(content(item.cam, item.gate_input.geometry), 0.0, 1.0)
 
 
 def _model_saliency_on_source(item: Item) -> NDArray[np.float32] | None:
-    """The saliency model's map on the source grid (its own input geometry), or None."""
+    """The saliency model's map cropped to the image through its own input's geometry, or None."""
     assert item.image is not None
     if item.saliency is None:
         return None
     prepared = item.sal_input or item.gate_input
     assert prepared is not None
-    return np.clip(to_source(item.saliency, prepared.geometry), 0.0, 1.0)
+    return np.clip(content(item.saliency, prepared.geometry), 0.0, 1.0)
 
 
 def _saliency_on_source(item: Item) -> NDArray[np.float32] | None:

@@ -177,6 +177,11 @@ def predict(
     batch_size: Annotated[int, typer.Option(help="Images per model call.")] = 8,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     threads: Annotated[int, typer.Option(help="ONNX Runtime threads; 0 = the cores available.")] = 0,
+    read_workers: Annotated[int, typer.Option(help="DICOM decode/preprocess threads; 0 = automatic.")] = 0,
+    write_workers: Annotated[int, typer.Option(help="Output-writing threads; 0 = automatic.")] = 0,
+    variant: Annotated[
+        str, typer.Option(help="Model variant: auto (the card's default for the device), fp32, int8, ...")
+    ] = "auto",
     any_modality: Annotated[bool, typer.Option(help="Accept modalities other than CR / DX.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue a batch in OUT, skipping finished inputs.")] = False,
 ) -> None:
@@ -188,8 +193,13 @@ def predict(
     formats = frozenset(f.strip() for f in output_format.split(",") if f.strip())
     if device not in ("auto", "cpu", "cuda"):
         fail("predict", f"--device must be auto, cpu or cuda, got {device!r}")
-    if threads < 0:
-        fail("predict", f"--threads must be 0 (auto) or positive, got {threads}")
+    for flag, value in (
+        ("--threads", threads),
+        ("--read-workers", read_workers),
+        ("--write-workers", write_workers),
+    ):
+        if value < 0:
+            fail("predict", f"{flag} must be 0 (auto) or positive, got {value}")
     try:
         options = PredictOptions(
             tta=tta,
@@ -199,11 +209,96 @@ def predict(
             policy=ReadPolicy(any_modality=any_modality),
             device=device,  # type: ignore[arg-type]
             threads=threads or None,
+            read_workers=read_workers or None,
+            write_workers=write_workers or None,
+            variant=variant,
             resume=resume,
         )
     except ValueError as exc:
         fail("predict", str(exc))
     raise typer.Exit(run_predict(paths, model, out, options))
+
+
+@app.command("export")
+def export_cmd(
+    runs: Annotated[
+        list[Path], typer.Argument(help="Run folders: a classifier, a segmenter (and a saliency) run.")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Bundle folder to write (must not exist).")],
+    thresholds: Annotated[
+        Path | None,
+        typer.Option(help="JSON with gate/top/min_area/bottom/min_component (overrides the runs)."),
+    ] = None,
+    default_thresholds: Annotated[
+        bool, typer.Option(help="Accept the documented default thresholds for keys no run or file gives.")
+    ] = False,
+    validation: Annotated[
+        Path | None, typer.Option(help="DICOM folder for the parity check; default: a small synthetic set.")
+    ] = None,
+    int8: Annotated[
+        bool,
+        typer.Option("--int8", help="Add INT8 CPU variants (and INT8 TensorRT engines with --tensorrt)."),
+    ] = False,
+    calibration: Annotated[
+        Path | None, typer.Option(help="DICOM folder for INT8 calibration; default: a small synthetic set.")
+    ] = None,
+    int8_default: Annotated[
+        str,
+        typer.Option(help="CPU default variant: auto (INT8 where it is >= 1.2x faster here), int8, fp32."),
+    ] = "auto",
+    tensorrt: Annotated[
+        bool, typer.Option("--tensorrt", help="Add TensorRT engines (needs TensorRT + a GPU).")
+    ] = False,
+    fp16: Annotated[bool, typer.Option("--fp16", help="TensorRT engines in FP16 (the default).")] = False,
+    max_batch: Annotated[
+        int, typer.Option(help="Largest batch (images x TTA) for TensorRT and Triton.")
+    ] = 32,
+    triton: Annotated[Path | None, typer.Option(help="Also write a Triton model repository here.")] = None,
+    tta: Annotated[
+        str, typer.Option(help="Comma-separated TTA list for the card: none, hflip, vflip.")
+    ] = "none,hflip",
+    name: Annotated[str | None, typer.Option(help="Bundle name (default: the --out folder name).")] = None,
+    version: Annotated[str, typer.Option(help="Bundle version.")] = "1",
+    ort_optimize: Annotated[
+        bool, typer.Option(help="Store ONNX Runtime's offline-optimised graphs.")
+    ] = False,
+    threads: Annotated[
+        int, typer.Option(help="ONNX Runtime threads for the checks; 0 = the cores available.")
+    ] = 0,
+    force: Annotated[bool, typer.Option(help="Replace an existing --out / --triton folder.")] = False,
+) -> None:
+    """Export trained runs to a model bundle: ONNX (+ INT8, TensorRT), parity-checked; a Triton repository."""
+    try:
+        from export.cli import run_export
+        from export.pipeline import ExportOptions
+    except ImportError as exc:
+        fail("export", f"needs the training extra: pip install 'triage[training]' ({exc})")
+    if fp16 and not tensorrt:
+        fail("export", "--fp16 chooses the TensorRT precision: add --tensorrt")
+    if fp16 and int8:
+        fail("export", "--fp16 and --int8 exclude each other (TensorRT engines are FP16 or INT8)")
+    if threads < 0:
+        fail("export", f"--threads must be 0 (auto) or positive, got {threads}")
+    options = ExportOptions(
+        out=out,
+        name=name,
+        version=version,
+        tta=tuple(t.strip() for t in tta.split(",") if t.strip()),
+        thresholds_file=thresholds,
+        default_thresholds=default_thresholds,
+        validation=validation,
+        calibration=calibration,
+        int8=int8,
+        int8_default=int8_default,
+        tensorrt=tensorrt,
+        trt_precision="int8" if int8 else "fp16",
+        max_batch=max_batch,
+        triton=triton,
+        ort_optimize=ort_optimize,
+        threads=threads or None,
+        force=force,
+    )
+    raise typer.Exit(run_export(runs, options))
 
 
 # --- services (the serving extra) ----------------------------------------------------------------

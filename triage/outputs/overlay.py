@@ -8,6 +8,7 @@ outline is cyan, 2 px, drawn last; inferno has no cyan, so outline and heat map 
 
 from __future__ import annotations
 
+import functools
 import logging
 import unicodedata
 from pathlib import Path
@@ -57,6 +58,13 @@ def _inferno_exact(values: np.ndarray) -> np.ndarray:
 
 
 _INFERNO_LUT = _inferno_exact(np.linspace(0.0, 1.0, 1024, dtype=np.float32))
+_INFERNO_PALETTE = _inferno_exact(np.linspace(0.0, 1.0, 256, dtype=np.float32)).reshape(-1).tolist()
+
+
+def _to_u8(values: np.ndarray) -> np.ndarray:
+    """float [0, 1] → uint8 0..255, rounded."""
+    out: np.ndarray = np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return out
 
 
 def inferno(values: np.ndarray) -> np.ndarray:
@@ -99,6 +107,7 @@ def outline(mask: np.ndarray, width: int = OUTLINE_PX) -> np.ndarray:
 Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 
 
+@functools.cache
 def _font(size: int) -> Font:
     try:
         return ImageFont.load_default(size=size)
@@ -210,19 +219,25 @@ def render_overlay(
             f"{np.shape(mask)}"
         )
     size = output_size(img.shape, max_side)
-    grey = _resize(img, size, smooth_up=False)
-    rgb = np.repeat(np.clip(grey, 0.0, 1.0)[..., None] * 255.0, 3, axis=2)
+    grey = _to_u8(_resize(img, size, smooth_up=False))
+    base = Image.fromarray(grey, mode="L").convert("RGB")
     if saliency is not None:
         sal = np.clip(_resize(_check_unit_float("saliency", saliency), size, smooth_up=True), 0.0, 1.0)
+        heat = Image.fromarray(_to_u8(sal), mode="P")
+        heat.putpalette(_INFERNO_PALETTE)
         lo, hi = SALIENCY_RAMP
-        weight = (alpha * np.clip((sal - lo) / (hi - lo), 0.0, 1.0))[..., None]
-        rgb = rgb * (1.0 - weight) + inferno(sal).astype(np.float32) * weight
-    out = np.rint(rgb).astype(np.uint8)
+        weight = _to_u8(alpha * np.clip((sal - lo) / (hi - lo), 0.0, 1.0))
+        # out = heat·w + grey·(1 − w), w in 1/255 steps; where w = 0 the radiograph is untouched
+        base = Image.composite(heat.convert("RGB"), base, Image.fromarray(weight, mode="L"))
+    out = np.array(base, dtype=np.uint8)
     if mask is not None and mask.any():
-        coverage = _resize(np.asarray(mask, dtype=np.float32), size, smooth_up=False)
-        small = coverage >= 0.5
+        coverage = Image.fromarray(np.asarray(mask, dtype=np.uint8) * np.uint8(255), mode="L")
+        if coverage.size != (size[1], size[0]):
+            coverage = coverage.resize((size[1], size[0]), Image.Resampling.BOX)
+        cover = np.asarray(coverage)
+        small = cover >= 128
         if not small.any():  # a tiny mask must not vanish when the image is shrunk
-            small = coverage > 0.0
+            small = cover > 0
         out[outline(small)] = OUTLINE_RGB
     strip = _draw_strip(size[1], caption, with_mask=mask is not None, with_saliency=saliency is not None)
     result: np.ndarray = np.concatenate([out, strip], axis=0)

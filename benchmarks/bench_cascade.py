@@ -1,0 +1,562 @@
+"""End-to-end speed of the cascade on 2048² studies, side by side in one run: prints a table, writes JSON.
+
+Arms (each in its own process, so that peak RSS and CPU time are its own):
+
+* ``runtime``   this runtime end to end: files in → results.jsonl and outputs written (``Predictor``:
+  decode/preprocess threads, gated ONNX Runtime calls, writer threads, bounded queues);
+* ``reference`` the thesis's Algorithm 1 in PyTorch eager: both models on every image with TTA, masks of
+  classifier-negative images blanked afterwards; the same reading (``load_item``) and writing
+  (``finish_item``, ``ResultsWriter``), one batch after the other in a plain loop;
+* ``floor``     the model-only floor: the runtime's gated model calls (``_infer``: ONNX Runtime, TTA, CAM,
+  segmenter on the gated images) on tensors decoded and prepared beforehand.
+
+The models are the seed architecture (timm resnext50_32x4d at 224 → logit + CAM; smp Unet resnet34 at
+256), random weights (speed does not depend on them), exported by ``triage export``. The gate threshold is
+set to the 78th percentile of the classifier's probabilities on the set, so ~22 % of images reach the
+segmenter; the triplet thresholds to quantiles of the segmenter's output so that gated images get a mask
+(and a SEG). Data: ``triage synth --size 2048 --positive-fraction 0.22`` (uncompressed, and JPEG 2000
+lossless with ``--compression j2k``).
+
+Latency per study = when its record was written − when its file started being read (for the floor: the
+end − the start of its batch). RSS: peak (VmHWM) of the arm's process; the runtime also runs a long pass
+over ``--long`` studies (the set cycled through hard links) and reports RSS after 100 and after ``--long``.
+
+Usage:  python benchmarks/bench_cascade.py [--studies 100] [--long 1000] [--json bench.json]
+        [--formats seg] [--compression none,j2k] [--work /tmp/triage-bench]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+STAGES = ("read", "preprocess", "gate", "segment", "saliency", "write")
+GATED_FRACTION = 0.22
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def _cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _files(data: Path) -> list[str]:
+    return sorted(str(p) for p in (data / "dicom-images-train").rglob("*.dcm"))
+
+
+# --------------------------------------------------------------------------------------------- setup
+
+
+def make_data(work: Path, studies: int, compression: str) -> Path:
+    from triage.synth.config import PhantomConfig
+    from triage.synth.dataset import SynthRequest, synthesize
+
+    folder = work / f"s2048-{compression}-{studies}"
+    if (folder / "metadata.csv").exists():
+        return folder
+    cfg = PhantomConfig.from_dict({"compression": compression})
+    synthesize(
+        SynthRequest(folder, studies, GATED_FRACTION, 2048, 11, cfg), workers=len(os.sched_getaffinity(0))
+    )
+    return folder
+
+
+def make_bundle(work: Path, data: Path) -> Path:
+    """Seed-architecture runs (random weights) → `triage export` → thresholds calibrated on the set."""
+    import torch
+    from safetensors.torch import save_file
+
+    from export.pipeline import ExportOptions, export_bundle
+    from training.models import ArchSpec, build_model
+    from training.run_format import RunCard, write_run_card
+    from triage.bundle import load_bundle, seal
+    from triage.cascade.items import load_item
+    from triage.cascade.models import CascadeModels
+    from triage.io.dicom import ReadPolicy
+
+    bundle = work / "seed-bundle"
+    if (bundle / "card.json").exists():
+        return bundle
+    norm = {"kind": "meanstd", "mean": [0.5], "std": [0.25]}
+    runs = []
+    for role, arch, size in (
+        ("classifier", ArchSpec("classifier", "resnext50_32x4d"), 224),
+        ("segmenter", ArchSpec("segmenter", "resnet34"), 256),
+    ):
+        torch.manual_seed(0)
+        model = build_model(arch)
+        run = work / f"run-{role}"
+        run.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(run / "best.safetensors"))
+        write_run_card(
+            run,
+            RunCard(
+                role=role,
+                arch=arch,
+                input_size=(size, size),
+                normalization=norm,
+                provenance={"kind": "random init for the speed benchmark"},
+            ),
+        )
+        runs.append(run)
+    export_bundle(
+        runs,
+        ExportOptions(
+            out=bundle,
+            name="seed-random",
+            default_thresholds=True,
+            on_step=lambda m: print(f"  export: {m}", flush=True),
+        ),
+    )
+    b = load_bundle(bundle)
+    items = [load_item(f, b, ReadPolicy()) for f in _files(data)[:64]]
+    _add_int8(bundle, items)
+    models = CascadeModels(b, "cpu", variant="fp32")
+    prob, _ = models.gate(np.stack([it.gate_input.x for it in items]), True)  # type: ignore[union-attr]
+    seg = models.segment(np.stack([it.seg_input.x for it in items[:16]]), True)  # type: ignore[union-attr]
+    card = json.loads((bundle / "card.json").read_text())
+    how = {"source": "benchmark calibration (benchmarks/bench_cascade.py) on random weights: not for use"}
+    card["thresholds"].update(
+        {
+            "gate": float(np.quantile(prob, 1 - GATED_FRACTION)),
+            "top": float(np.quantile(seg, 0.7)),
+            "bottom": float(np.quantile(seg, 0.5)),
+            "min_area": 100,
+            "min_component": 10,
+            "chosen_by": {k: how for k in ("gate", "top", "min_area", "bottom", "min_component")},
+        }
+    )
+    (bundle / "card.json").write_text(json.dumps(card, indent=2))
+    seal(bundle)
+    return bundle
+
+
+def _add_int8(bundle: Path, items: list[Any]) -> None:
+    """INT8 variants for the speed comparison only (random weights: their accuracy means nothing; the
+    parity check that `triage export --int8` runs is skipped here and the card says so)."""
+    from export.images import ImageSet
+    from export.quantize import quantize
+
+    card = json.loads((bundle / "card.json").read_text())
+    images = ImageSet(items[:32], {})
+    for role, entry in card["models"].items():
+        file = entry["file"].replace(".onnx", ".int8.onnx")
+        quantize(bundle / entry["file"], bundle / file, "image", images.batches(role), role)
+        entry["variants"] = {
+            "int8": {
+                "file": file,
+                "runtime": "onnx",
+                "precision": "int8",
+                "note": "benchmark only: random weights, no parity check",
+            }
+        }
+    (bundle / "card.json").write_text(json.dumps(card, indent=2))
+
+
+# ---------------------------------------------------------------------------------------------- arms
+
+
+def _stage_means(records: list[dict[str, Any]]) -> dict[str, float]:
+    ok = [r for r in records if r["status"] == "ok"]
+    return {s: float(np.mean([r["timings_ms"].get(s, 0.0) for r in ok])) for s in STAGES} if ok else {}
+
+
+def arm_runtime(args: argparse.Namespace) -> dict[str, Any]:
+    import triage.cascade.predict as predict_mod
+    from triage.bundle import load_bundle
+    from triage.cascade.predict import PredictOptions, Predictor
+
+    files = json.loads(Path(args.files).read_text())
+    started: dict[str, float] = {}
+    real_load = predict_mod.load_item
+
+    def timed_load(path: str, *a: Any, **k: Any) -> Any:
+        started[path] = time.perf_counter()
+        return real_load(path, *a, **k)
+
+    predict_mod.load_item = timed_load  # type: ignore[assignment]
+    options = PredictOptions(
+        formats=frozenset(args.formats.split(",")),
+        batch_size=args.batch_size,
+        device="cpu",
+        threads=args.threads or None,
+        read_workers=args.read_workers or None,
+        write_workers=args.write_workers or None,
+        variant=args.variant,
+    )
+    predictor = Predictor(load_bundle(Path(args.bundle)), options)
+    latencies: list[float] = []
+    rss: dict[str, int] = {}
+
+    def on_record(record: Any) -> None:
+        latencies.append(time.perf_counter() - started.get(record.input, time.perf_counter()))
+        n = len(latencies)
+        if n in (100, len(files)):
+            rss[str(n)] = _status_kb("VmRSS")
+            rss[f"peak_{n}"] = _status_kb("VmHWM")
+
+    cpu0, t0 = _cpu_seconds(), time.perf_counter()
+    summary = predictor.run(files, Path(args.out), on_record=on_record)
+    wall = time.perf_counter() - t0
+    records = [json.loads(x) for x in (Path(args.out) / "results.jsonl").read_text().splitlines()]
+    return {
+        "wall_s": wall,
+        "cpu_s": _cpu_seconds() - cpu0,
+        "studies": len(files),
+        "failed": summary.failed,
+        "latency_s": latencies,
+        "rss_kb": rss,
+        "stages_ms": _stage_means(records),
+        "gated": sum(bool(r.get("gated")) for r in records),
+        "models": predictor.models.variants,
+    }
+
+
+def arm_reference(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from export.onnx_export import export_wrapper
+    from export.runs import load_run
+    from triage.backends.torch_module import TorchModel
+    from triage.bundle import load_bundle
+    from triage.cascade.items import load_item
+    from triage.cascade.models import CascadeModels, normalised_cam
+    from triage.cascade.write import error_record, finish_item
+    from triage.io.dicom import ReadPolicy
+    from triage.outputs.batch import ResultsWriter
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    files = json.loads(Path(args.files).read_text())
+    bundle = load_bundle(Path(args.bundle))
+    work = Path(args.bundle).parent
+    wrapped = {}
+    for role in ("classifier", "segmenter"):
+        run = load_run(work / f"run-{role}")
+        wrapped[role] = TorchModel(*export_wrapper(run))
+    models = CascadeModels(bundle, "cpu", backends=wrapped)
+    formats = frozenset(args.formats.split(","))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    latencies: list[float] = []
+    records = []
+    cpu0, t0 = _cpu_seconds(), time.perf_counter()
+    with ResultsWriter(out) as results:
+        for start in range(0, len(files), args.batch_size):
+            t_batch = time.perf_counter()
+            chunk = [load_item(f, bundle, ReadPolicy()) for f in files[start : start + args.batch_size]]
+            good = [it for it in chunk if it.error is None]
+            if good:
+                t1 = time.perf_counter()
+                prob, cam = models.gate(np.stack([it.gate_input.x for it in good]), True)  # type: ignore[union-attr]
+                t2 = time.perf_counter()
+                seg = models.segment(np.stack([it.seg_input.x for it in good]), True)  # type: ignore[union-attr]
+                t3 = time.perf_counter()
+                cams = normalised_cam(cam) if cam is not None else None
+                for i, it in enumerate(good):
+                    it.probability, it.gated = float(prob[i]), bool(prob[i] >= bundle.thresholds.gate)
+                    it.cam = cams[i] if cams is not None else None
+                    it.seg_prob = seg[i] if it.gated else None  # Algorithm 1: blank the mask of negatives
+                    it.timings_ms.update(
+                        {"gate": 1000 * (t2 - t1) / len(good), "segment": 1000 * (t3 - t2) / len(good)}
+                    )
+            for it in chunk:
+                record = (
+                    finish_item(it, bundle, out, formats)
+                    if it.error is None
+                    else error_record(it, bundle.label)
+                )
+                results.write(record)
+                records.append(json.loads(record.to_json()))
+                latencies.append(time.perf_counter() - t_batch)
+    wall = time.perf_counter() - t0
+    return {
+        "wall_s": wall,
+        "cpu_s": _cpu_seconds() - cpu0,
+        "studies": len(files),
+        "failed": sum(r["status"] == "error" for r in records),
+        "latency_s": latencies,
+        "rss_kb": {"peak": _status_kb("VmHWM")},
+        "stages_ms": _stage_means(records),
+        "gated": sum(bool(r.get("gated")) for r in records),
+        "models": {"both": "torch eager fp32"},
+    }
+
+
+def arm_floor(args: argparse.Namespace) -> dict[str, Any]:
+    from triage.bundle import load_bundle
+    from triage.cascade.items import load_item
+    from triage.cascade.models import CascadeModels
+    from triage.cascade.predict import PredictOptions, _infer
+    from triage.io.dicom import ReadPolicy
+
+    files = json.loads(Path(args.files).read_text())
+    bundle = load_bundle(Path(args.bundle))
+    models = CascadeModels(bundle, "cpu", args.threads or None, variant=args.variant)
+    items = []
+    for f in files:  # decoded and prepared beforehand: only the model inputs are kept
+        it = load_item(f, bundle, ReadPolicy())
+        it.image = None
+        items.append(it)
+    options = PredictOptions(batch_size=args.batch_size, device="cpu")
+    latencies: list[float] = []
+    cpu0, t0 = _cpu_seconds(), time.perf_counter()
+    for start in range(0, len(items), args.batch_size):
+        tb = time.perf_counter()
+        batch = items[start : start + args.batch_size]
+        _infer(models, batch, options)
+        latencies += [time.perf_counter() - tb] * len(batch)
+    wall = time.perf_counter() - t0
+    return {
+        "wall_s": wall,
+        "cpu_s": _cpu_seconds() - cpu0,
+        "studies": len(files),
+        "failed": 0,
+        "latency_s": latencies,
+        "rss_kb": {"peak": _status_kb("VmHWM")},
+        "gated": sum(it.gated for it in items),
+        "models": models.variants,
+    }
+
+
+ARMS = {"runtime": arm_runtime, "reference": arm_reference, "floor": arm_floor}
+
+
+# -------------------------------------------------------------------------------------------- driver
+
+
+def run_arm(
+    name: str, files: list[str], bundle: Path, work: Path, tag: str, args: argparse.Namespace, variant: str
+) -> dict[str, Any]:
+    listing = work / f"files-{tag}.json"
+    listing.write_text(json.dumps(files))
+    out = work / f"out-{tag}"
+    shutil.rmtree(out, ignore_errors=True)
+    result = work / f"result-{tag}.json"
+    cmd = [
+        sys.executable,
+        __file__,
+        "--arm",
+        name,
+        "--files",
+        str(listing),
+        "--bundle",
+        str(bundle),
+        "--out",
+        str(out),
+        "--result",
+        str(result),
+        "--formats",
+        args.formats,
+        "--batch-size",
+        str(args.batch_size),
+        "--threads",
+        str(args.threads),
+        "--read-workers",
+        str(args.read_workers),
+        "--write-workers",
+        str(args.write_workers),
+        "--variant",
+        variant,
+    ]
+    print(f"  running {tag} ({len(files)} studies)", flush=True)
+    subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    data: dict[str, Any] = json.loads(result.read_text())
+    shutil.rmtree(out, ignore_errors=True)
+    return data
+
+
+def summarise(r: dict[str, Any]) -> dict[str, Any]:
+    lat = np.asarray(r["latency_s"])
+    peak = r["rss_kb"].get("peak") or max(
+        (v for k, v in r["rss_kb"].items() if k.startswith("peak")), default=0
+    )
+    return {
+        "studies_per_s": r["studies"] / r["wall_s"],
+        "p50_s": float(np.percentile(lat, 50)),
+        "p95_s": float(np.percentile(lat, 95)),
+        "peak_rss_mb": peak / 1024,
+        "wall_s": r["wall_s"],
+        "cpu_s": r["cpu_s"],
+        "gated": r["gated"],
+        "studies": r["studies"],
+        "failed": r["failed"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--studies", type=int, default=100)
+    parser.add_argument(
+        "--long", type=int, default=1000, help="studies in the runtime's memory pass (0: skip)"
+    )
+    parser.add_argument("--compression", default="none,j2k")
+    parser.add_argument("--formats", default="seg", help="outputs written by runtime and reference")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--read-workers", type=int, default=0)
+    parser.add_argument("--write-workers", type=int, default=0)
+    parser.add_argument("--arms", default="runtime,reference,floor")
+    parser.add_argument("--variants", default="fp32", help="model variants for runtime and floor: fp32,int8")
+    parser.add_argument("--j2k-variants", default="fp32", help="variants of the runtime on JPEG 2000 inputs")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per arm, alternating order; best kept")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/triage-bench"))
+    parser.add_argument("--json", type=Path, default=None)
+    # internal: one arm in a subprocess
+    parser.add_argument("--arm", choices=sorted(ARMS), help=argparse.SUPPRESS)
+    parser.add_argument("--files", help=argparse.SUPPRESS)
+    parser.add_argument("--bundle", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    parser.add_argument("--variant", default="fp32", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.arm:
+        Path(args.result).write_text(json.dumps(ARMS[args.arm](args)))
+        return
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    t_all, cpu_children0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    load0 = os.getloadavg()
+    print(
+        f"bench_cascade: {args.studies} studies at 2048², compression {args.compression}, "
+        f"{len(os.sched_getaffinity(0))} cores, load average {load0[0]:.2f}",
+        flush=True,
+    )
+    datasets = {c: make_data(args.work, args.studies, c) for c in args.compression.split(",")}
+    bundle = make_bundle(args.work, next(iter(datasets.values())))
+    arms = args.arms.split(",")
+    variants = args.variants.split(",")
+    plan: list[tuple[str, str, str, list[str]]] = []  # (tag, arm, variant, files)
+    for comp, data in datasets.items():
+        for arm in arms:
+            chosen = variants if comp == "none" else args.j2k_variants.split(",")
+            for variant in chosen if arm != "reference" else ["torch"]:
+                if arm == "floor" and comp != next(iter(datasets)):
+                    continue  # decoded tensors: the same for every compression
+                suffix = "" if variant in ("fp32", "torch") else f"-{variant}"
+                tag = f"floor{suffix}" if arm == "floor" else f"{arm}-{comp}{suffix}"
+                plan.append((tag, arm, variant, _files(data)))
+    results: dict[str, dict[str, Any]] = {}
+    raw: dict[str, Any] = {}
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for rep in range(args.repeat):
+        for tag, arm, variant, files in plan if rep % 2 == 0 else reversed(plan):
+            result = run_arm(arm, files, bundle, args.work, tag, args, variant)
+            runs.setdefault(tag, []).append(summarise(result))
+            if tag not in raw or summarise(result)["studies_per_s"] > results[tag]["studies_per_s"]:
+                raw[tag], results[tag] = result, summarise(result)
+    if args.long and "runtime" in arms:
+        files = _files(datasets.get("none") or next(iter(datasets.values())))
+        links = args.work / "long"
+        shutil.rmtree(links, ignore_errors=True)
+        links.mkdir()
+        cycled = []
+        for i in range(args.long):
+            link = links / f"{i:05d}.dcm"  # a hard link: the runtime de-duplicates inputs by real path
+            os.link(files[i % len(files)], link)
+            cycled.append(str(link))
+        raw["runtime-long"] = run_arm("runtime", cycled, bundle, args.work, "runtime-long", args, variants[0])
+        results["runtime-long"] = summarise(raw["runtime-long"])
+        shutil.rmtree(links, ignore_errors=True)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    report = {
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": len(os.sched_getaffinity(0)),
+            "load_average_start": load0,
+            "load_average_end": os.getloadavg(),
+        },
+        "args": {k: str(v) for k, v in vars(args).items() if v is not None},
+        "results": results,
+        "all_runs": runs,
+        "stages_ms": {k: v.get("stages_ms") for k, v in raw.items()},
+        "rss_kb": {k: v["rss_kb"] for k, v in raw.items()},
+        "models": {k: v["models"] for k, v in raw.items()},
+        "total": {
+            "wall_s": time.perf_counter() - t_all,
+            "cpu_s_children": children.ru_utime
+            + children.ru_stime
+            - cpu_children0.ru_utime
+            - cpu_children0.ru_stime,
+        },
+    }
+    print_report(report)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+def print_report(report: dict[str, Any]) -> None:
+    res = report["results"]
+    head = ("arm", "studies/s", "p50 s", "p95 s", "peak RSS MB", "wall s", "CPU s", "gated")
+    print("\n" + f"{head[0]:<22}" + "".join(f"{h:>12}" for h in head[1:]))
+    for tag, r in res.items():
+        cells = (
+            f"{r['studies_per_s']:.2f}",
+            f"{r['p50_s']:.2f}",
+            f"{r['p95_s']:.2f}",
+            f"{r['peak_rss_mb']:.0f}",
+            f"{r['wall_s']:.1f}",
+            f"{r['cpu_s']:.1f}",
+            f"{r['gated']}/{r['studies']}",
+        )
+        print(f"{tag:<22}" + "".join(f"{c:>12}" for c in cells))
+    print()
+    for tag, rt in res.items():
+        if not tag.startswith("runtime-") or tag == "runtime-long":
+            continue
+        comp, _, variant = tag.removeprefix("runtime-").partition("-")
+        ref = res.get(f"reference-{comp}")
+        floor = res.get("floor" + (f"-{variant}" if variant else ""))
+        line = f"{tag}:"
+        if ref:
+            line += f" {rt['studies_per_s'] / ref['studies_per_s']:.2f}x the reference (goal >= 5x);"
+        if floor:
+            line += f" {rt['studies_per_s'] / floor['studies_per_s']:.0%} of the model-only floor"
+            line += " (goal >= 80%)" if comp == "none" else " (no goal: decode-bound)"
+        print(line)
+    long = report["rss_kb"].get("runtime-long")
+    if long:
+        n = max(int(k) for k in long if k.isdigit())
+        growth = long[f"peak_{n}"] / long["peak_100"] - 1
+        print(
+            f"memory: peak RSS after 100 studies {long['peak_100'] / 1024:.0f} MB, after {n} "
+            f"{long[f'peak_{n}'] / 1024:.0f} MB ({growth:+.1%}; goal <= +10%); current RSS "
+            f"{long['100'] / 1024:.0f} -> {long[str(n)] / 1024:.0f} MB"
+        )
+    print(
+        "\nper-stage mean ms per image (results.jsonl timings_ms; wall time inside each stage): "
+        + ", ".join(STAGES)
+    )
+    for tag, stages in report["stages_ms"].items():
+        if stages:
+            print(f"  {tag:<20} " + "  ".join(f"{s} {stages.get(s, 0.0):6.1f}" for s in STAGES))
+    total, machine = report["total"], report["machine"]
+    print(
+        f"\ntotal wall {total['wall_s']:.0f} s, CPU of the arms {total['cpu_s_children']:.0f} s; load avg "
+        f"{machine['load_average_start'][0]:.2f} at start, {machine['load_average_end'][0]:.2f} at end"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""Parity of an exported model against the trained network, measured with the runtime's own cascade code.
+
+Both sides are :class:`triage.cascade.models.CascadeModels` (the reference wraps the PyTorch modules with
+:class:`triage.backends.torch_module.TorchModel`), so TTA, sigmoid, CAM normalisation and the triplet
+threshold are exactly what ``triage predict`` does. Figures per model, on every validation image:
+
+* classifier: max |Δ| of P(pneumothorax) after TTA, max |Δ| of the displayed CAM (ReLU, /max, [0, 1]),
+  and the number of images whose gate decision (P ≥ gate) differs;
+* segmenter (run on every image, not only the gated ones, for coverage): max |Δ| of the probability map
+  after TTA, the number of images whose triplet mask differs and the differing pixels;
+* saliency: max |Δ| of the displayed map.
+
+Tolerances per precision are :data:`TOLERANCES` (also written into the card). FP32 graphs must decide
+identically; reduced precisions (INT8, FP16) are held to max |Δ| only: they may flip a decision whose
+probability lies within that distance of a threshold, which is counted and recorded, not judged here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from export.errors import ExportError
+from export.images import ImageSet
+from triage.bundle import Thresholds
+from triage.cascade.models import CascadeModels
+from triage.cascade.postprocess import triplet_mask
+
+TOLERANCES: dict[str, dict[str, float | str]] = {
+    # max |Δ| of probabilities / maps in [0, 1]; every gate decision and every triplet mask identical.
+    "fp32": {"probability": 1e-4, "map": 1e-3, "decisions": "identical"},
+    # reduced precision: held to max |Δ|; decisions can then flip only for images whose probability lies
+    # within that distance of a threshold: flips are counted and recorded, the metric change is measured
+    # on labelled data (benchmarks/bench_int8.py), and INT8 is the CPU default only where it pays.
+    "fp16": {"probability": 0.01, "map": 0.05, "decisions": "reported"},
+    "int8": {"probability": 0.05, "map": 0.15, "decisions": "reported"},
+}
+
+
+def tolerance_for(precision: str) -> dict[str, float | str]:
+    for key, tol in TOLERANCES.items():
+        if key in precision:
+            return tol
+    return TOLERANCES["fp32"]
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
+
+
+@dataclass
+class _Outputs:
+    prob: np.ndarray
+    cam: np.ndarray | None
+    seg: np.ndarray
+    sal: np.ndarray | None
+
+
+def _run(models: CascadeModels, images: ImageSet, tta: bool, batch: int) -> _Outputs:
+    probs, cams, segs, sals = [], [], [], []
+    for start in range(0, len(images.items), batch):
+        chunk = images.items[start : start + batch]
+        x = np.stack([ImageSet.input(it, "classifier") for it in chunk])
+        prob, cam = models.gate(x, tta)
+        probs.append(prob)
+        if cam is not None:
+            from triage.cascade.models import normalised_cam
+
+            cams.append(normalised_cam(cam))
+        segs.append(models.segment(np.stack([ImageSet.input(it, "segmenter") for it in chunk]), tta))
+        if models.saliency is not None:
+            sals.append(models.saliency_map(x))
+    return _Outputs(
+        np.concatenate(probs),
+        np.concatenate(cams) if cams else None,
+        np.concatenate(segs),
+        np.concatenate(sals) if sals else None,
+    )
+
+
+def measure(
+    reference: CascadeModels,
+    candidate: CascadeModels,
+    images: ImageSet,
+    thresholds: Thresholds,
+    *,
+    tta: bool = True,
+    batch: int = 8,
+) -> dict[str, dict[str, Any]]:
+    """Parity figures per model role (see the module docstring); nothing is judged here."""
+    ref, got = _run(reference, images, tta, batch), _run(candidate, images, tta, batch)
+    n = len(images.items)
+    gate_ref, gate_got = ref.prob >= thresholds.gate, got.prob >= thresholds.gate
+    cls: dict[str, Any] = {
+        "images": n,
+        "max_abs_diff": {"probability": float(np.abs(ref.prob - got.prob).max())},
+        "gate_mismatches": int((gate_ref != gate_got).sum()),
+        "gate_agreement": float((gate_ref == gate_got).mean()),
+    }
+    if ref.cam is not None and got.cam is not None:
+        cls["max_abs_diff"]["cam"] = float(np.abs(ref.cam - got.cam).max())
+    masks_ref = [triplet_mask(p, thresholds) for p in ref.seg]
+    masks_got = [triplet_mask(p, thresholds) for p in got.seg]
+    differ = [int((a != b).sum()) for a, b in zip(masks_ref, masks_got, strict=True)]
+    seg: dict[str, Any] = {
+        "images": n,
+        "max_abs_diff": {"probability": float(np.abs(ref.seg - got.seg).max())},
+        "mask_mismatches": int(sum(d > 0 for d in differ)),
+        "mask_pixels_differing": int(sum(differ)),
+        "non_empty_masks": int(sum(bool(m.any()) for m in masks_ref)),
+        "mask_dice": float(np.mean([_dice(a, b) for a, b in zip(masks_ref, masks_got, strict=True)])),
+    }
+    out = {"classifier": cls, "segmenter": seg}
+    if ref.sal is not None and got.sal is not None:
+        out["saliency"] = {"images": n, "max_abs_diff": {"map": float(np.abs(ref.sal - got.sal).max())}}
+    return out
+
+
+def judge(figures: dict[str, Any], role: str, precision: str, where: str) -> dict[str, Any]:
+    """Add ``tolerance`` and ``passed`` to one model's figures; ExportError naming the model + figure."""
+    tol = tolerance_for(precision)
+    failures: list[str] = []
+    for name, value in figures["max_abs_diff"].items():
+        limit = float(tol["probability"] if name == "probability" else tol["map"])
+        if not value <= limit:  # also NaN
+            failures.append(f"max |Δ {name}| = {value:.3g} > {limit:g}")
+    identical = tol["decisions"] == "identical"
+    if identical and role == "classifier" and figures["gate_mismatches"]:
+        failures.append(f"{figures['gate_mismatches']} of {figures['images']} gate decisions differ")
+    if identical and role == "segmenter" and figures["mask_mismatches"]:
+        failures.append(
+            f"{figures['mask_mismatches']} of {figures['images']} triplet masks differ "
+            f"({figures['mask_pixels_differing']} pixels)"
+        )
+    figures = {**figures, "tolerance": tol, "passed": not failures}
+    if failures:
+        raise ExportError(f"parity check failed for the {role} ({precision}, {where}): {'; '.join(failures)}")
+    return figures
