@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from training.config import ROLES, TrainConfig, resolve
+from training.config import TrainConfig, resolve
 from training.run import RunRequest, fold_runs, train
 from training.thresholds import CascadeOOF, choose, load_oof, write_thresholds
 from triage.bundle import Thresholds
@@ -37,6 +37,7 @@ from triage.evaluation.search import SearchGrid, search
 logger = logging.getLogger(__name__)
 ROWS = ("argmax", "threshold", "TTA", "TTA + triplet")
 NO_GATE = "none"
+ROLES = ("classifier", "segmenter", "baseline")  # the cascade's stages and the baseline (not saliency)
 
 
 def configs(preset: str, overrides: list[str]) -> dict[str, TrainConfig]:
