@@ -89,3 +89,33 @@ def test_a_run_of_another_role_is_refused(tmp_path: Path) -> None:
         add_to_bundle(run, bundle_dir)
     assert (bundle_dir / "card.json").read_bytes() == before
     assert not np.any([p.name == "saliency.onnx" for p in bundle_dir.iterdir()])
+
+
+def test_a_trained_saliency_model_reaches_predict_through_the_cli(synth_data: Path, tmp_path: Path) -> None:
+    """What a user does: `triage train saliency` on synthetic studies, `triage export-saliency` into a bundle,
+    `triage predict`: the trained map appears as a PNG panel and a DICOM SC beside the CAM."""
+    from typer.testing import CliRunner
+
+    from triage.cli.main import app
+
+    cli = CliRunner()
+    run = tmp_path / "sal-run"
+    train = ["train", "saliency", "--data", str(synth_data), "--out", str(run), "--preset", "tiny",
+             "--target", "heatmap", "--fold", "full", "--epochs", "1", "--quiet"]
+    result = cli.invoke(app, train)
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "model.json").read_text())["role"] == "saliency"
+    bundle_dir = build_tiny_bundle(tmp_path / "bundle", gate=0.0)
+    result = cli.invoke(app, ["export-saliency", "--run", str(run), "--bundle", str(bundle_dir)])
+    assert result.exit_code == 0, result.output
+    assert load_bundle(bundle_dir).saliency is not None
+    out = tmp_path / "out"
+    result = cli.invoke(app, ["predict", str(synth_data / "dicom-images-train"), "--model", str(bundle_dir),
+                              "--out", str(out), "--format", "png,saliency"])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(records) == 24 and all(r["status"] == "ok" for r in records)
+    for record in records:
+        assert {"saliency_png", "saliency_sc"} <= set(record["outputs"])
+        sc = pydicom.dcmread(out / record["outputs"]["saliency_sc"])
+        assert sc.pixel_array.max() > 0  # a map, not an empty picture
