@@ -33,24 +33,6 @@ def test_folder_is_recursive_sorted_and_skips_hidden_and_dicomdir(tree: Path) ->
     assert errors == []
 
 
-def test_folder_skips_masks_and_labels_by_extension_but_explicit_names_are_read(
-    tree: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A data set folder holds masks (PNG) and labels (CSV) beside the DICOM files: a folder walk leaves them
-    out, with a warning that counts them, instead of one not-DICOM error per file."""
-    for name in ("masks/m1.png", "masks/m2.PNG", "train-rle.csv", "synth.json"):
-        (tree / name).parent.mkdir(parents=True, exist_ok=True)
-        (tree / name).write_bytes(b"x")
-    with caplog.at_level("WARNING"):
-        files, errors = expand_inputs([str(tree)])
-    assert rel(files, tree) == ["a.dcm", "b/IM0001", "b/c/IM0002", "b/c/z.dcm"] and errors == []
-    assert "skipped 4 files" in caplog.text
-    files, errors = expand_inputs([str(tree / "masks" / "m1.png")])  # named: read (and failed) like any file
-    assert rel(files, tree) == ["masks/m1.png"] and errors == []
-    only_masks, errors = expand_inputs([str(tree / "masks")])
-    assert only_masks == [] and [e.code for _, e in errors] == [ErrorCode.NOT_FOUND]
-
-
 def test_files_keep_args_order_and_explicit_names_are_kept(tree: Path) -> None:
     args = [str(tree / "b/c/z.dcm"), str(tree / "a.dcm"), str(tree / ".hidden.dcm")]
     files, errors = expand_inputs(args)

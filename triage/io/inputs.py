@@ -36,12 +36,6 @@ logger = logging.getLogger(__name__)
 
 GLOB_CHARS = frozenset("*?[")
 SKIPPED_NAMES = frozenset({"DICOMDIR"})  # a media index, not an image
-# Files a folder walk leaves out by name: pictures, tables, text and archives that sit beside DICOM files in
-# exported or synthetic data sets (masks, labels, reports). A file named explicitly is always read.
-NON_DICOM_SUFFIXES = frozenset(
-    {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".csv", ".tsv", ".json", ".jsonl",
-     ".txt", ".md", ".html", ".xml", ".yaml", ".yml", ".log", ".pdf", ".zip", ".gz", ".tar", ".py", ".db"}
-)
 _SNIFF_GROUPS = frozenset({0x0002, 0x0008, 0x0800})  # first group of a meta-less file (0x0800: big endian)
 FATAL = (KeyboardInterrupt, SystemExit)  # never mapped to a TriageError
 
@@ -172,24 +166,16 @@ def _is_file(path: Path, errors: list[str]) -> bool:
 
 def _folder_files(folder: Path) -> tuple[list[Path], list[str]]:
     """(regular files under ``folder``, sorted; what could not be listed or checked).  Hidden files and
-    folders, DICOMDIR and files with a non-DICOM extension (``NON_DICOM_SUFFIXES``: PNG masks, CSV labels,
-    ...) are skipped, the last counted in a warning; symlinked folders are not followed (no loops),
-    symlinked files are."""
+    folders and DICOMDIR are skipped; symlinked folders are not followed (no loops), symlinked files are."""
     found: list[Path] = []
     errors: list[str] = []
-    skipped = 0
     for root, dirs, names in os.walk(folder, onerror=lambda e: errors.append(f"{e.filename}: {e.strerror}")):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in names:
-            if name.startswith(".") or name in SKIPPED_NAMES:
-                continue
-            if Path(name).suffix.lower() in NON_DICOM_SUFFIXES:
-                skipped += 1
-            elif _is_file(Path(root) / name, errors):
-                found.append(Path(root) / name)
-    if skipped:
-        logger.warning("%s: skipped %d files whose extension says they are not DICOM (.png, .csv, ...)",
-                       folder, skipped)
+        found += [
+            Path(root) / name
+            for name in names
+            if not name.startswith(".") and name not in SKIPPED_NAMES and _is_file(Path(root) / name, errors)
+        ]
     return sorted(found), errors
 
 
@@ -199,7 +185,7 @@ def _expand(arg: str) -> tuple[list[Path], list[TriageError]]:
     problems: list[str] = []
     if path.is_dir():
         files, problems = _folder_files(path)
-        what = f"folder {arg!r} holds no files (hidden files, DICOMDIR and .png/.csv/.json/... are skipped)"
+        what = f"folder {arg!r} holds no files (hidden files and DICOMDIR are skipped)"
     elif path.is_file():
         return [path], []
     elif os.path.lexists(arg):
@@ -229,8 +215,7 @@ def expand_inputs(args: Sequence[str]) -> tuple[list[Path], list[tuple[str, Tria
     Returns (files, errors): files deduplicated by real path, in args order and sorted within a folder or
     glob; errors pair an arg with NOT_FOUND (it names nothing: no such path, a glob without matches, a
     folder without files) or UNREADABLE (a special file, entries that cannot be listed or checked).  A file
-    named explicitly is kept even if hidden, called DICOMDIR or named like a picture; folders and globs skip
-    hidden files and DICOMDIR, folders also files with an extension in ``NON_DICOM_SUFFIXES``.
+    named explicitly is kept even if hidden or called DICOMDIR; folders and globs skip those.
     """
     files: list[Path] = []
     seen: set[str] = set()
