@@ -1,10 +1,10 @@
 # triage: developer entry points. GNU make; the virtual environment is .venv in the repo root.
 #
-#   make demo    synthesize 24 studies and a contact sheet into demo-out/
+#   make demo    the main job end to end on synthetic studies: synthesize, train, export, predict (demo-out/)
 #   make test    lint, then the test suite (pytest -n auto)
 #   make lint    ruff check . and mypy (strict on triage/)
 #   make bench   benchmarks/bench_synth.py
-#   make bench-cascade  end-to-end cascade benchmark (docs/speed.md; ~30 min on 2 cores)
+#   make bench-cascade  end-to-end cascade benchmark (docs/speed.md; ~11 min on 2 quiet cores)
 #   make lock    regenerate constraints.txt (full lock of .[training,serving,dev], Python 3.11)
 #   make clean   remove .venv and demo-out
 #
@@ -25,14 +25,16 @@ CONSTRAINTS := constraints.txt
 # Extras that `make test` and `make lint` install (comma-separated, as pip writes them).
 # training (torch, timm, smp) is needed by tests/training; tests/triage runs with it blocked.
 TEST_EXTRAS := dev,serving,training
-# `make demo` and `make bench` need only the runtime (no extras).
+# `make bench` needs only the runtime (no extras); `make demo` trains its models (the training extra).
 RUNTIME_EXTRAS :=
+DEMO_EXTRAS := training
 
 comma := ,
 # $(call stamp,EXTRAS): the stamp file for a comma-separated extras list.
 stamp = $(VENV)/.installed-$(subst $(comma),-,$(1))
 
 TEST_STAMP := $(call stamp,$(TEST_EXTRAS))
+DEMO_STAMP := $(call stamp,$(DEMO_EXTRAS))
 RUNTIME_STAMP := $(call stamp,$(RUNTIME_EXTRAS))
 
 DEMO_OUT := demo-out
@@ -103,13 +105,10 @@ test: $(TEST_STAMP) dcmtk lint
 
 # --- demo, benchmarks --------------------------------------------------------------------------
 
-demo: $(RUNTIME_STAMP)
-	rm -rf $(DEMO_OUT)/studies $(DEMO_OUT)/contact_sheet.png
-	$(BIN)/triage synth $(DEMO_OUT)/studies --studies 24 --seed 7 --contact-sheet $(DEMO_OUT)/contact_sheet.png
-	@echo
-	@echo "Demo outputs:"
-	@echo "  studies:       $(CURDIR)/$(DEMO_OUT)/studies/"
-	@echo "  contact sheet: $(CURDIR)/$(DEMO_OUT)/contact_sheet.png"
+# tools/demo.sh: 400 + 24 synthetic studies, train the classifier and the segmenter (preset small), export
+# them to a bundle, triage the 24 studies. About 5.5 minutes on 2 CPU cores.
+demo: $(DEMO_STAMP)
+	tools/demo.sh $(DEMO_OUT)
 
 bench: $(RUNTIME_STAMP)
 	$(BIN)/python benchmarks/bench_synth.py
