@@ -14,6 +14,7 @@ from triage.outputs.overlay import (
     inferno,
     outline,
     output_size,
+    overlay_base,
     render_overlay,
     save_mask_png,
 )
@@ -86,6 +87,25 @@ def test_small_image_is_not_enlarged_and_tiny_mask_survives_shrinking() -> None:
     mask[1000:1003, 1000:1003] = True  # 3 px: less than one output pixel at 1/4 scale
     out = render_overlay(img, mask, None, max_side=512)
     assert (out == OUTLINE_RGB).all(axis=2).any()
+
+
+@pytest.mark.parametrize("shape", [(2048, 1776), (1100, 2300), (300, 260)])
+def test_an_overlay_drawn_from_its_shrunk_base_is_the_overlay_of_the_source(shape: tuple[int, int]) -> None:
+    """The pipeline keeps only `overlay_base(image)` (4 MB instead of 16 at 2048²) and draws from it with
+    the source grid in `shape`: the pixels must be those drawn from the full image."""
+    rng = np.random.default_rng(3)
+    source = rng.random(shape, dtype=np.float32)
+    mask = np.zeros(shape, bool)
+    mask[shape[0] // 3 : shape[0] // 2, shape[1] // 4 : shape[1] // 2] = True
+    mask[5, 7] = True  # one stray pixel, kept visible by the shrinking rule
+    base = overlay_base(source)
+    assert base.shape == output_size(shape, 1024) and base.nbytes <= source.nbytes
+    for m in (mask, None):
+        full = render_overlay(source, m, saliency_low_res(), caption="P=0.9")
+        lean = render_overlay(base, m, saliency_low_res(), caption="P=0.9", shape=shape)
+        assert np.array_equal(full, lean)
+    with pytest.raises(ValueError, match="source grid"):
+        render_overlay(base, mask, None, shape=(shape[0] + 1, shape[1]))
 
 
 def test_bad_inputs_name_the_problem() -> None:

@@ -286,6 +286,57 @@ def test_a_model_failure_on_one_image_fails_only_that_image(batch: Batch, tmp_pa
     assert failed[0].error_code == ErrorCode.INFERENCE_FAILED.value
 
 
+def test_items_keep_only_what_their_outputs_need_and_the_outputs_do_not_change(
+    batch: Batch, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The readers release the 16 MB source image once the model inputs are made (an overlay needs only a
+    copy at its own size, SEG and SR only the grid): the written outputs are those of the full image."""
+    positives = [str(r["input"]) for r in batch.records if r.get("positive")][:3]
+    assert positives, "the batch has positive images"
+    kept = {k: load_item(positives[0], batch.bundle, ReadPolicy(), k) for k in ("full", "overlay", "none")}
+    full = kept["full"].image
+    assert full is not None and full.pixels.shape == (full.rows, full.columns)
+    for keep in ("overlay", "none"):
+        item = kept[keep]
+        assert item.image is not None and item.image.pixels.size == 0
+        assert item.source_shape == full.pixels.shape
+        assert np.array_equal(item.gate_input.x, kept["full"].gate_input.x)  # type: ignore[union-attr]
+    assert kept["overlay"].picture.shape[0] <= 1024 and kept["full"].display is None
+    with pytest.raises(ValueError, match="released"):
+        _ = kept["none"].picture
+
+    def run(out: Path, formats: frozenset[str]) -> dict[str, np.ndarray]:
+        summary = Predictor(batch.bundle, PredictOptions(formats=formats, threads=1)).run(positives, out)
+        arrays: dict[str, np.ndarray] = {}
+        for record in summary.records:
+            assert record.status == "ok" and record.positive, record.message
+            for kind, rel in record.outputs.items():
+                path = out / rel
+                dicom = path.suffix == ".dcm"
+                arrays[f"{record.sop_uid}/{kind}"] = (
+                    pydicom.dcmread(path).pixel_array if dicom else np.asarray(Image.open(path))
+                )
+        return arrays
+
+    pictures = frozenset({"png", "sc", "seg"})
+    lean = run(tmp_path / "lean", pictures)
+    assert {k.split("/")[1] for k in lean} >= {"overlay_png", "mask_png", "saliency_png", "sc", "seg"}
+    seg_only = run(tmp_path / "seg", frozenset({"seg"}))
+    import triage.cascade.predict as predict_mod
+
+    monkeypatch.setattr(predict_mod, "pixels_to_keep", lambda formats: "full")
+    whole = run(tmp_path / "full", pictures)
+    assert lean.keys() == whole.keys()
+    for key, arr in whole.items():
+        if key.endswith("saliency_png"):  # two half-width panels: shrunk from the overlay copy, ±1 grey level
+            assert arr.shape == lean[key].shape
+            assert np.abs(arr.astype(int) - lean[key].astype(int)).mean() < 1.0, key
+        else:
+            assert np.array_equal(arr, lean[key]), key
+    assert seg_only.keys() == {k for k in whole if k.endswith("/seg")}
+    assert all(np.array_equal(arr, whole[key]) for key, arr in seg_only.items())
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "triage.cli.main", "predict", *args],
                           capture_output=True, text=True, check=False)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -13,6 +15,19 @@ from triage.bundle import Bundle, ModelSpec
 from triage.cascade.preprocess import Geometry, fit, normalise
 from triage.errors import ErrorCode, TriageError
 from triage.io.dicom import DicomImage, ReadPolicy, read_image
+from triage.outputs.overlay import overlay_base
+
+# What an item keeps of the decoded source image once its model inputs are made (see `load_item`).
+Keep = Literal["full", "overlay", "none"]
+PICTURE_FORMATS = frozenset({"png", "sc"})  # the outputs that draw the radiograph (overlay PNG / SC, panel)
+_DROPPED = np.zeros((0, 0), np.float32)  # DicomImage.pixels once released: rows/columns keep the grid
+_DROPPED.flags.writeable = False
+
+
+def pixels_to_keep(formats: Iterable[str]) -> Keep:
+    """The least of the source image the writers need for ``formats``: a picture output needs the image
+    at the overlay's size, the others (SEG, SR, records) only its grid."""
+    return "overlay" if PICTURE_FORMATS & set(formats) else "none"
 
 
 @dataclass
@@ -55,10 +70,34 @@ class Item:
     cam: NDArray[np.float32] | None = None  # (h, w) on the classifier's output grid, [0, 1]
     seg_prob: NDArray[np.float32] | None = None  # (H, W) on the segmenter's grid
     saliency: NDArray[np.float32] | None = None  # (h, w) of the saliency model, [0, 1]
+    display: NDArray[np.float32] | None = None  # the image at the overlay's size when only that is kept
+
+    @property
+    def source_shape(self) -> tuple[int, int]:
+        """(rows, columns) of the source pixel grid (the mask's grid), whatever is kept of the image."""
+        assert self.image is not None
+        return self.image.rows, self.image.columns
+
+    @property
+    def picture(self) -> NDArray[np.float32]:
+        """The image to draw an overlay from: the shrunk copy if that is what was kept, else the source."""
+        assert self.image is not None
+        if self.display is not None:
+            return self.display
+        if self.image.pixels.size == 0:
+            raise ValueError("the source image was released after preprocessing (load_item keep='none')")
+        return self.image.pixels
 
 
-def load_item(path: str, bundle: Bundle, policy: ReadPolicy) -> Item:
-    """Read and preprocess one input; never raises (errors end up in `Item.error`)."""
+def load_item(path: str, bundle: Bundle, policy: ReadPolicy, keep: Keep = "full") -> Item:
+    """Read and preprocess one input; never raises (errors end up in `Item.error`).
+
+    keep: what the item holds of the decoded image (float32, 16 MB at 2048²) once the model inputs are
+    made: "full" the source grid; "overlay" only the copy an overlay is drawn from (`Item.display`,
+    4 MB at most); "none" nothing (SEG, SR and records need only the grid, `Item.source_shape`). The
+    pipeline asks for the least its output formats need (`pixels_to_keep`), so that the images in its
+    queues cost little memory.
+    """
     item = Item(input=path)
     t0 = time.perf_counter()
     try:
@@ -72,6 +111,10 @@ def load_item(path: str, bundle: Bundle, policy: ReadPolicy) -> Item:
                 if same_input_contract(bundle.saliency, bundle.classifier)
                 else prepare(item.image.pixels, bundle.saliency)
             )
+        if keep != "full":
+            if keep == "overlay":
+                item.display = overlay_base(item.image.pixels)
+            item.image = replace(item.image, pixels=_DROPPED)
         item.timings_ms = {"read": 1000 * (t1 - t0), "preprocess": 1000 * (time.perf_counter() - t1)}
     except TriageError as exc:
         item.error = exc

@@ -25,7 +25,7 @@ import numpy as np
 
 from triage.backends import Device
 from triage.bundle import Bundle
-from triage.cascade.items import Item, load_item
+from triage.cascade.items import Item, load_item, pixels_to_keep
 from triage.cascade.models import CascadeModels, normalised_cam
 from triage.cascade.write import FORMATS, error_record, finish_item
 from triage.errors import ErrorCode, TriageError
@@ -145,15 +145,16 @@ def _prefetched(
     """Items in input order, with at most `depth` reads in flight."""
     pending: deque[Future[Item]] = deque()
     it = iter(paths)
+    keep = pixels_to_keep(options.formats)
     for path in it:
-        pending.append(pool.submit(load_item, path, bundle, options.policy))
+        pending.append(pool.submit(load_item, path, bundle, options.policy, keep))
         if len(pending) >= depth:
             break
     while pending:
         item = pending.popleft().result()
         nxt = next(it, None)
         if nxt is not None:
-            pending.append(pool.submit(load_item, nxt, bundle, options.policy))
+            pending.append(pool.submit(load_item, nxt, bundle, options.policy, keep))
         yield item
 
 

@@ -23,7 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from triage.cascade.items import Item, load_item
+from triage.cascade.items import Item, load_item, pixels_to_keep
 from triage.cascade.models import CascadeModels
 from triage.cascade.predict import PredictOptions, _infer_isolated
 from triage.cascade.write import error_record, finish_item
@@ -46,13 +46,14 @@ def _read_ahead(
     """(key, item) in input order, with at most ``depth`` reads in flight; ``inputs`` pulled lazily."""
     pending: deque[tuple[K, Future[Item]]] = deque()
     source = iter(inputs)
+    keep = pixels_to_keep(options.formats)
 
     def submit() -> bool:
         nxt = next(source, None)
         if nxt is None:
             return False
         key, path = nxt
-        pending.append((key, pool.submit(load_item, path, models.bundle, options.policy)))
+        pending.append((key, pool.submit(load_item, path, models.bundle, options.policy, keep)))
         return True
 
     while len(pending) < depth and submit():

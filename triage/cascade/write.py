@@ -49,8 +49,7 @@ def _rounded(timings: dict[str, float]) -> dict[str, float]:
 
 def source_mask(item: Item, bundle: Bundle) -> NDArray[np.bool_]:
     """The triplet-thresholded mask mapped back to the source pixel grid (empty when not gated)."""
-    assert item.image is not None
-    shape = item.image.pixels.shape
+    shape = item.source_shape
     if item.seg_prob is None or item.seg_input is None:
         return np.zeros(shape, bool)
     grid_mask = triplet_mask(item.seg_prob, bundle.thresholds)
@@ -140,7 +139,11 @@ def finish_item(item: Item, bundle: Bundle, out: Path, formats: frozenset[str]) 
     if formats & {"png", "sc"}:
         try:
             overlay = render_overlay(
-                image.pixels, mask if positive else None, _saliency_on_source(item), caption=caption
+                item.picture,
+                mask if positive else None,
+                _saliency_on_source(item),
+                caption=caption,
+                shape=item.source_shape,
             )
         except Exception as exc:
             failures["overlay"] = f"{type(exc).__name__}: {exc}"
@@ -156,7 +159,12 @@ def finish_item(item: Item, bundle: Bundle, out: Path, formats: frozenset[str]) 
             lambda p: atomic_save_png(
                 p,
                 render_saliency_panel(
-                    image.pixels, mask if positive else None, _cam_on_source(item), model_map, caption=caption
+                    item.picture,
+                    mask if positive else None,
+                    _cam_on_source(item),
+                    model_map,
+                    caption=caption,
+                    shape=item.source_shape,
                 ),
             ),
         )

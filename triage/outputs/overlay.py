@@ -43,6 +43,7 @@ SALIENCY_RAMP = (0.25, 0.75)  # blend weight goes 0 → alpha as the saliency go
 STRIP_BG = (24, 24, 24)
 TEXT_RGB = (240, 240, 240)
 MIN_MAX_SIDE = 64
+OVERLAY_MAX_SIDE = 1024  # the overlay PNG / SC fits in this many pixels, caption strip included
 # Stand-ins for characters Pillow's built-in font lacks (checked per font; anything else missing → "?").
 _FALLBACK = {"→": "->", "≥": ">=", "≤": "<=", "×": "x", "–": "-", "—": "-", "µ": "u", "²": "2", "³": "3"}
 
@@ -191,21 +192,33 @@ def output_size(shape: tuple[int, int], max_side: int) -> tuple[int, int]:
     return oh, ow
 
 
+def overlay_base(image: np.ndarray, max_side: int = OVERLAY_MAX_SIDE) -> np.ndarray:
+    """``image`` (float HxW in [0, 1]) shrunk to the size :func:`render_overlay` draws it at (box filter,
+    as the overlay does): all of the picture an overlay needs. Holding this instead of the source grid
+    keeps 4 MB per 2048² image in flight instead of 16 MB; ``render_overlay(base, ..., shape=(H, W))``
+    then draws exactly what ``render_overlay(image, ...)`` would."""
+    img = _check_unit_float("image", image)
+    return _resize(img, output_size((int(img.shape[0]), int(img.shape[1])), max_side), smooth_up=False)
+
+
 def render_overlay(
     image: np.ndarray,
     mask: np.ndarray | None,
     saliency: np.ndarray | None,
     *,
-    max_side: int = 1024,
+    max_side: int = OVERLAY_MAX_SIDE,
     alpha: float = 0.45,
     caption: str = "",
+    shape: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """uint8 (H' + strip, W', 3) RGB overlay of ``image`` with heat map, mask outline and caption.
 
     image: float HxW in [0, 1], display orientation (1 = bright). mask: bool HxW or None. saliency:
-    float hxw in [0, 1] at any resolution (bilinearly resized to the image) or None. The result, caption
-    strip included, fits in ``max_side`` x ``max_side`` px (aspect kept, never enlarged); the heat map is
-    blended with opacity up to ``alpha`` where the saliency is high; the outline is 2 px cyan on top.
+    float hxw in [0, 1] at any resolution (bilinearly resized to the image) or None. shape: the source
+    pixel grid (H, W) when ``image`` is a smaller copy of it (:func:`overlay_base`); the overlay's size and
+    the mask's shape follow ``shape`` (default: ``image.shape``). The result, caption strip included, fits
+    in ``max_side`` x ``max_side`` px (aspect kept, never enlarged); the heat map is blended with opacity up
+    to ``alpha`` where the saliency is high; the outline is 2 px cyan on top.
     Raises ValueError naming a bad shape, dtype or value range.
     """
     img = _check_unit_float("image", image)
@@ -213,12 +226,15 @@ def render_overlay(
         raise ValueError(f"max_side={max_side!r} must be >= {MIN_MAX_SIDE}")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha={alpha!r} must be in [0, 1]")
-    if mask is not None and (np.asarray(mask).dtype != np.bool_ or np.shape(mask) != img.shape):
+    grid = (int(shape[0]), int(shape[1])) if shape is not None else (int(img.shape[0]), int(img.shape[1]))
+    if min(grid) < 1:
+        raise ValueError(f"shape={grid!r}: the source grid must be at least 1 x 1")
+    if mask is not None and (np.asarray(mask).dtype != np.bool_ or np.shape(mask) != grid):
         raise ValueError(
-            f"mask must be bool with the image's shape {img.shape}; got {np.asarray(mask).dtype} "
+            f"mask must be bool with the source grid's shape {grid}; got {np.asarray(mask).dtype} "
             f"{np.shape(mask)}"
         )
-    size = output_size(img.shape, max_side)
+    size = output_size(grid, max_side)
     grey = _to_u8(_resize(img, size, smooth_up=False))
     base = Image.fromarray(grey, mode="L").convert("RGB")
     if saliency is not None:

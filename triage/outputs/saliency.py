@@ -55,18 +55,21 @@ def render_saliency_panel(
     *,
     caption: str = "",
     max_side: int = MAX_SIDE,
+    shape: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """uint8 RGB: "classifier CAM" | "saliency model" overlays side by side, then the caption strip.
 
-    image: float HxW in [0, 1]; mask: bool HxW or None; cam, saliency: float maps in [0, 1] at any
-    resolution (cam may be None: that panel then shows the radiograph alone). The result fits in
-    ``max_side`` px wide (two panels of half the width each). Raises ValueError for bad arrays.
+    image: float HxW in [0, 1] (or a smaller copy of it, with the source grid in ``shape``, as in
+    :func:`render_overlay`); mask: bool with the source grid's shape, or None; cam, saliency: float maps
+    in [0, 1] at any resolution (cam may be None: that panel then shows the radiograph alone). The result
+    fits in ``max_side`` px wide (two panels of half the width each). Raises ValueError for bad arrays.
     """
     half = max(64, (max_side - GAP_PX) // 2)
+    grid = shape if shape is not None else np.asarray(image).shape[:2]
     panels = []
     for title, heat in (("classifier CAM", cam), ("saliency model", saliency)):
-        rendered = render_overlay(image, mask, heat, max_side=half, caption="")
-        height = output_size(np.asarray(image).shape, half)[0]
+        rendered = render_overlay(image, mask, heat, max_side=half, caption="", shape=grid)
+        height = output_size(grid, half)[0]
         panels.append(_titled(np.ascontiguousarray(rendered[:height]), title))
     gap = np.full((panels[0].shape[0], GAP_PX, 3), 24, np.uint8)
     top = np.concatenate([panels[0], gap, panels[1]], axis=1)
