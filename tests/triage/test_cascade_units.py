@@ -12,7 +12,7 @@ from triage.bundle import Thresholds, load_bundle
 from triage.cascade import tta
 from triage.cascade.models import CascadeModels, normalised_cam
 from triage.cascade.postprocess import triplet_mask
-from triage.cascade.preprocess import fit, to_source
+from triage.cascade.preprocess import as_pil, fit, to_source
 
 
 def test_letterbox_keeps_aspect_and_maps_back_to_the_source_grid() -> None:
@@ -25,6 +25,19 @@ def test_letterbox_keeps_aspect_and_maps_back_to_the_source_grid() -> None:
     assert back.shape == (300, 200)
     assert abs(int(back.sum()) - 100 * 100) < 0.08 * 100 * 100
     assert back[150, 100] and not back[50, 100]
+
+
+@pytest.mark.parametrize("mode", ["letterbox", "stretch"])
+def test_one_pil_copy_shared_by_all_resizes_gives_the_same_model_inputs(mode: str) -> None:
+    """The readers make the PIL copy of a source image once for the classifier's, the segmenter's and
+    the overlay's resize: each grid must equal the one made from the array alone."""
+    image = np.random.default_rng(0).random((1500, 1234), dtype=np.float32)
+    pil = as_pil(image)
+    for grid in ((224, 224), (256, 256), (97, 301)):
+        shared, geom_shared = fit(image, grid, mode, pil)
+        alone, geom_alone = fit(image, grid, mode)
+        assert geom_shared == geom_alone
+        np.testing.assert_array_equal(shared, alone)
 
 
 def test_stretch_maps_back() -> None:

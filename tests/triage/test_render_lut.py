@@ -54,3 +54,21 @@ def test_pydicom_test_files() -> None:
     if used == 0:
         pytest.skip("no pydicom test file uses the fast path")
     assert used >= 5
+
+
+@pytest.mark.parametrize(("dtype", "lo", "hi"), [("int16", -20000, 20000), ("uint16", 30000, 65535),
+                                                 ("int32", -70000, 10000), ("uint8", 3, 250)])
+def test_signed_and_wide_ranges_index_the_table_without_overflow(dtype: str, lo: int, hi: int) -> None:
+    """The index stored − min is computed in the stored width's unsigned type: it must wrap back to the
+    true offset for signed data spanning more than half the type (−20000..20000 in int16)."""
+    rng = np.random.default_rng(1)
+    size = 4 * (hi - lo + 1)
+    stored = rng.integers(lo, hi + 1, size, dtype=np.int64)
+    stored[:2] = lo, hi
+    stored = stored.astype(dtype).reshape(4, -1)
+    ds = pydicom.Dataset()
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelRepresentation = int(np.dtype(dtype).kind == "i")
+    ds.BitsStored = ds.BitsAllocated = 8 * np.dtype(dtype).itemsize
+    ds.RescaleSlope, ds.RescaleIntercept = "1", "0"
+    assert _check(ds, stored)

@@ -10,9 +10,10 @@ from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
+from PIL import Image
 
 from triage.bundle import Bundle, ModelSpec
-from triage.cascade.preprocess import Geometry, fit, normalise
+from triage.cascade.preprocess import Geometry, as_pil, fit, normalise
 from triage.errors import ErrorCode, TriageError
 from triage.io.dicom import DicomImage, ReadPolicy, read_image
 from triage.outputs.overlay import overlay_base
@@ -48,8 +49,9 @@ def same_input_contract(a: ModelSpec, b: ModelSpec) -> bool:
     )
 
 
-def prepare(pixels: NDArray[np.float32], spec: ModelSpec) -> Prepared:
-    grid, geometry = fit(pixels, spec.input_size, spec.resize)
+def prepare(pixels: NDArray[np.float32], spec: ModelSpec, pil: Image.Image | None = None) -> Prepared:
+    """The model input of ``pixels`` for ``spec``; ``pil``: ``as_pil(pixels)`` if the caller has it."""
+    grid, geometry = fit(pixels, spec.input_size, spec.resize, pil)
     return Prepared(normalise(grid, spec), geometry)
 
 
@@ -103,17 +105,19 @@ def load_item(path: str, bundle: Bundle, policy: ReadPolicy, keep: Keep = "full"
     try:
         item.image = read_image(Path(path), policy)
         t1 = time.perf_counter()
-        item.gate_input = prepare(item.image.pixels, bundle.classifier)
-        item.seg_input = prepare(item.image.pixels, bundle.segmenter)
+        pixels = item.image.pixels
+        pil = as_pil(pixels)  # made once for every resize below
+        item.gate_input = prepare(pixels, bundle.classifier, pil)
+        item.seg_input = prepare(pixels, bundle.segmenter, pil)
         if bundle.saliency is not None:
             item.sal_input = (
                 item.gate_input
                 if same_input_contract(bundle.saliency, bundle.classifier)
-                else prepare(item.image.pixels, bundle.saliency)
+                else prepare(pixels, bundle.saliency, pil)
             )
         if keep != "full":
             if keep == "overlay":
-                item.display = overlay_base(item.image.pixels)
+                item.display = overlay_base(pixels, pil=pil)
             item.image = replace(item.image, pixels=_DROPPED)
         item.timings_ms = {"read": 1000 * (t1 - t0), "preprocess": 1000 * (time.perf_counter() - t1)}
     except TriageError as exc:

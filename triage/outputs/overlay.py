@@ -87,15 +87,19 @@ def _check_unit_float(name: str, arr: np.ndarray) -> np.ndarray:
     return a.astype(np.float32, copy=False)
 
 
-def _resize(arr: np.ndarray, size: tuple[int, int], *, smooth_up: bool) -> np.ndarray:
-    """float32 ``arr`` resized to ``size`` = (height, width): box filter when shrinking, else bilinear."""
+def _resize(
+    arr: np.ndarray, size: tuple[int, int], *, smooth_up: bool, pil: Image.Image | None = None
+) -> np.ndarray:
+    """float32 ``arr`` resized to ``size`` = (height, width): box filter when shrinking, else bilinear.
+    ``pil``: ``arr`` as a PIL "F" image if the caller has made it already (same result)."""
     h, w = size
     if arr.shape == (h, w):
         return arr
     shrink = h <= arr.shape[0] and w <= arr.shape[1] and not smooth_up
     method = Image.Resampling.BOX if shrink else Image.Resampling.BILINEAR
-    resized = Image.fromarray(np.ascontiguousarray(arr, dtype=np.float32), mode="F").resize((w, h), method)
-    return np.asarray(resized, dtype=np.float32)
+    if pil is None:
+        pil = Image.fromarray(np.ascontiguousarray(arr, dtype=np.float32), mode="F")
+    return np.asarray(pil.resize((w, h), method), dtype=np.float32)
 
 
 def outline(mask: np.ndarray, width: int = OUTLINE_PX) -> np.ndarray:
@@ -192,13 +196,17 @@ def output_size(shape: tuple[int, int], max_side: int) -> tuple[int, int]:
     return oh, ow
 
 
-def overlay_base(image: np.ndarray, max_side: int = OVERLAY_MAX_SIDE) -> np.ndarray:
+def overlay_base(
+    image: np.ndarray, max_side: int = OVERLAY_MAX_SIDE, pil: Image.Image | None = None
+) -> np.ndarray:
     """``image`` (float HxW in [0, 1]) shrunk to the size :func:`render_overlay` draws it at (box filter,
     as the overlay does): all of the picture an overlay needs. Holding this instead of the source grid
     keeps 4 MB per 2048² image in flight instead of 16 MB; ``render_overlay(base, ..., shape=(H, W))``
-    then draws exactly what ``render_overlay(image, ...)`` would."""
+    then draws exactly what ``render_overlay(image, ...)`` would. ``pil``: ``image`` as a PIL "F" image
+    if the caller has it (the readers make one for all their resizes)."""
     img = _check_unit_float("image", image)
-    return _resize(img, output_size((int(img.shape[0]), int(img.shape[1])), max_side), smooth_up=False)
+    size = output_size((int(img.shape[0]), int(img.shape[1])), max_side)
+    return _resize(img, size, smooth_up=False, pil=pil)
 
 
 def render_overlay(
