@@ -4,7 +4,7 @@
 #   make test    lint, then the test suite (pytest -n auto)
 #   make lint    ruff check . and mypy (strict on triage/)
 #   make bench   benchmarks/bench_synth.py
-#   make bench-cascade  end-to-end cascade benchmark (docs/speed.md; ~11 min on 2 quiet cores)
+#   make bench-cascade  end-to-end cascade benchmark (docs/speed.md; ~8 min on 2 quiet cores)
 #   make lock    regenerate constraints.txt (full lock of .[training,serving,dev], Python 3.11)
 #   make clean   remove .venv and demo-out
 #
