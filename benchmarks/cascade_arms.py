@@ -216,7 +216,7 @@ def arm_reference(args: argparse.Namespace) -> dict[str, Any]:
 
     from export.onnx_export import export_wrapper
     from export.runs import load_run
-    from triage.backends.torch_module import TorchModel
+    from training.torch_backend import TorchModel
     from triage.bundle import load_bundle
     from triage.cascade.items import load_item
     from triage.cascade.models import CascadeModels, normalised_cam

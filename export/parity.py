@@ -1,7 +1,7 @@
 """Parity of an exported model against the trained network, measured with the runtime's own cascade code.
 
 Both sides are :class:`triage.cascade.models.CascadeModels` (the reference wraps the PyTorch modules with
-:class:`triage.backends.torch_module.TorchModel`), so TTA, sigmoid, CAM normalisation and the triplet
+:class:`training.torch_backend.TorchModel`), so TTA, sigmoid, CAM normalisation and the triplet
 threshold are exactly what ``triage predict`` does. Figures per model, on every validation image:
 
 * classifier: max |Δ| of P(pneumothorax) after TTA, max |Δ| of the displayed CAM (ReLU, /max, [0, 1]),

@@ -35,8 +35,8 @@ from export.quantize import SETTINGS as INT8_SETTINGS
 from export.quantize import quantize, time_model
 from export.runs import Run, assign_roles, load_run
 from export.thresholds import resolve
+from training.torch_backend import TorchModel
 from triage.backends import Model
-from triage.backends.torch_module import TorchModel
 from triage.bundle import CARD, FORMAT, TTA_CHOICES, Bundle, load_bundle, seal
 from triage.cascade.models import CascadeModels
 

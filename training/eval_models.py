@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from training.engine import pick_device
 from training.models import ClassifierForExport, SaliencyForExport, SegmenterForExport, build_model
 from training.run_format import RunCard, read_run_card
-from triage.backends.torch_module import TorchModel
+from training.torch_backend import TorchModel
 from triage.bundle import Bundle, ModelSpec, Normalization, Thresholds
 from triage.cascade.models import CascadeModels
 from triage.evaluation.models import ARGMAX, Cascade

@@ -16,7 +16,7 @@ from export.pipeline import ExportOptions, export_bundle
 from export.runs import load_run
 from tests.export.conftest import Exported, synth_set
 from tests.export.runs import TINY_SEG, make_run
-from triage.backends.torch_module import TorchModel
+from training.torch_backend import TorchModel
 from triage.bundle import file_sha256, load_bundle
 from triage.cascade.items import load_item
 from triage.cascade.models import CascadeModels, normalised_cam

@@ -10,7 +10,7 @@ import torch
 
 from tests.bundles import build_tiny_bundle
 from training.models import ArchSpec, ClassifierForExport, SegmenterForExport, build_model
-from triage.backends.torch_module import TorchModel
+from training.torch_backend import TorchModel
 from triage.bundle import load_bundle
 from triage.cascade.models import CascadeModels
 from triage.cascade.predict import PredictOptions, Predictor

@@ -2,7 +2,7 @@
 
 `load_model(spec, device)` picks the backend the bundle's card names (ONNX Runtime on CPU by default,
 with CUDA when requested and available; TensorRT engines when TensorRT is installed). A PyTorch module
-can be wrapped with `triage.backends.torch_module.TorchModel` for development (training extra).
+can be wrapped with `training.torch_backend.TorchModel` for development (training extra).
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ class CascadeModels:
 
     ``backends`` replaces the models the card names by ready-made callables with the same outputs, by
     role ("classifier", "segmenter", "saliency"): e.g. PyTorch modules wrapped in
-    :class:`triage.backends.torch_module.TorchModel` to evaluate a training run through exactly this
+    :class:`training.torch_backend.TorchModel` to evaluate a training run through exactly this
     cascade (thresholds, TTA and preprocessing still come from the bundle's card).
 
     ``variant``: "auto" (the card's default variant per model for the device: e.g. INT8 on the CPU where

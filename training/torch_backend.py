@@ -1,4 +1,7 @@
-"""Development backend: wrap a PyTorch module as a `Model` (needs the training extra; imported lazily)."""
+"""PyTorch backend for development: a torch module as the runtime's `Model` protocol
+(:mod:`triage.backends`), so a training run goes through exactly the runtime's cascade (TTA, CAM
+normalisation, triplet thresholds). It lives in `training/`, not in the runtime: `triage/` never imports
+torch (docs/predict.md; tests/triage runs with torch blocked)."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from numpy.typing import NDArray
 
 
@@ -13,16 +17,12 @@ class TorchModel:
     """Calls `module(batch)` under `torch.inference_mode()`; `names` label its output(s) in order."""
 
     def __init__(self, module: Callable[..., Any], names: Sequence[str], device: str = "cpu") -> None:
-        import torch  # the training extra; never imported by the runtime unless this class is used
-
-        self._torch = torch
         self.module = module
         self.names = list(names)
         self.device = torch.device(device)
         self.provider = f"torch-{self.device.type}"
 
     def __call__(self, batch: NDArray[np.float32]) -> dict[str, NDArray[np.float32]]:
-        torch = self._torch
         with torch.inference_mode():
             out = self.module(torch.from_numpy(np.ascontiguousarray(batch)).to(self.device))
         values = out if isinstance(out, (tuple, list)) else [out]
