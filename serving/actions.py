@@ -16,12 +16,12 @@ import logging
 import os
 import sqlite3
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.request
 
 from serving.config import ServiceConfig
+from serving.loop import Loop
 from serving.policy import backoff
 from serving.store import JobStore
 
@@ -31,36 +31,19 @@ COMMAND_TIMEOUT = 120.0
 WEBHOOK_TIMEOUT = 15.0
 
 
-class ActionRunner:
+class ActionRunner(Loop):
     """Runs due actions in its own thread."""
 
     def __init__(self, config: ServiceConfig, store: JobStore) -> None:
+        super().__init__("actions")
         self.config = config
         self.store = store
-        self.wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="actions", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self.wake.set()
-
-    def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
-
-    def alive(self) -> bool:
-        return self._thread.is_alive()
 
     def _run(self) -> None:
         while not self._stop.is_set():
             rows = self.store.due("actions", time.time(), limit=10)
             if not rows:
-                nxt = self.store.next_due("actions")
-                self.wake.wait(5.0 if nxt is None else min(5.0, max(0.05, nxt - time.time())))
-                self.wake.clear()
+                self._sleep_until_due(self.store, "actions")
                 continue
             for row in rows:
                 if self._stop.is_set():

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from pydicom import uid as uids
 from pynetdicom import AE
 
 from serving.config import Destination, ServiceConfig
+from serving.loop import Loop
 from serving.metrics import Metrics
 from serving.policy import backoff
 from serving.store import JobStore
@@ -39,42 +39,24 @@ _OK = frozenset({0x0000, 0xB000, 0xB006, 0xB007})  # success and the storage war
 TRANSFER_SYNTAXES = [uids.ExplicitVRLittleEndian, uids.ImplicitVRLittleEndian]
 
 
-class Forwarder:
+class Forwarder(Loop):
     """Sends the outbox to ``config.forward`` in its own thread."""
 
     def __init__(self, config: ServiceConfig, store: JobStore, metrics: Metrics) -> None:
         if config.forward is None:
             raise ValueError("Forwarder needs config.forward")
+        super().__init__("forward")
         self.config = config
         self.destination: Destination = config.forward
         self.store = store
         self.metrics = metrics
-        self.wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="forward", daemon=True)
         self.reachable: bool | None = None
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self.wake.set()
-
-    def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
-
-    def alive(self) -> bool:
-        return self._thread.is_alive()
 
     def _run(self) -> None:
         while not self._stop.is_set():
             rows = self.store.due("outbox", time.time())
             if not rows:
-                nxt = self.store.next_due("outbox")
-                wait = 5.0 if nxt is None else min(5.0, max(0.05, nxt - time.time()))
-                self.wake.wait(wait)
-                self.wake.clear()
+                self._sleep_until_due(self.store, "outbox")
                 continue
             try:
                 self._send(rows)

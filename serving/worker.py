@@ -27,7 +27,6 @@ import hashlib
 import json
 import logging
 import shutil
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -39,6 +38,7 @@ import pydicom
 
 from serving.config import ServiceConfig
 from serving.fileops import FileOps
+from serving.loop import Loop
 from serving.metrics import Metrics
 from serving.policy import backoff, classify
 from serving.results import ResultsLog, Worklist
@@ -81,7 +81,7 @@ def study_summary(claim: Claim, records: list[dict[str, Any]], bundle: str) -> d
     }
 
 
-class Worker:
+class Worker(Loop):
     """Runs the cascade on queued versions in its own thread; see the module docstring."""
 
     def __init__(
@@ -96,6 +96,7 @@ class Worker:
         dispose_roots: tuple[Path, ...],
         after_commit: Callable[[], None],
     ) -> None:
+        super().__init__("worker")
         self.config = config
         self.store = store
         self.predictor = predictor
@@ -105,31 +106,14 @@ class Worker:
         self.fileops = fileops
         self.dispose_roots = tuple(r.resolve() for r in dispose_roots)
         self.after_commit = after_commit
-        self.wake = threading.Event()
         self.busy = False
         self.disk_low = False
         self._inflight: dict[int, _Progress] = {}
         self._finished: list[tuple[Claim, Outcome]] = []  # decided, not yet committed
         self._retries: list[tuple[Claim, tuple[str, str, float]]] = []
-        self._thread = threading.Thread(target=self._run, name="worker", daemon=True)
-        self._stop = threading.Event()
         self.error: BaseException | None = None
 
-    # --- thread ------------------------------------------------------------------------------------
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop claiming; the versions already taken are finished and committed before the thread ends."""
-        self._stop.set()
-        self.wake.set()
-
-    def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
-
-    def alive(self) -> bool:
-        return self._thread.is_alive()
+    # --- thread (`stop`: claim nothing more; versions already taken are finished and committed) -------
 
     def _run(self) -> None:
         try:

@@ -24,9 +24,9 @@ import pydicom
 from PIL import Image, ImageDraw
 
 from triage.outputs.atomic import atomic_save_dataset
-from triage.outputs.dicom_objects import INSTANCE_NUMBER, SERIES_NUMBER, BundleInfo, finish, output_uid
+from triage.outputs.dicom_objects import BundleInfo
 from triage.outputs.overlay import _draw_strip, _font, output_size, render_overlay
-from triage.outputs.sc import patient_orientation
+from triage.outputs.sc import derived_sc
 
 logger = logging.getLogger(__name__)
 
@@ -98,40 +98,18 @@ def build_saliency_sc(
 ) -> hd.sc.SCImage:
     """The greyscale SC dataset of ``saliency`` (float, [0, 1], any resolution); see the module."""
     pixels = _grey(saliency, (int(source.Rows), int(source.Columns)), max_side)
-    orientation = patient_orientation(source)
-    sc = hd.sc.SCImage.from_ref_dataset(
-        ref_dataset=source,
-        pixel_array=np.ascontiguousarray(pixels),
-        photometric_interpretation=hd.PhotometricInterpretationValues.MONOCHROME2,
-        bits_allocated=8,
-        coordinate_system=hd.CoordinateSystemNames.PATIENT,
-        series_instance_uid=output_uid(source, bundle, "saliency", "series"),
-        series_number=SERIES_NUMBER["saliency"],
-        sop_instance_uid=output_uid(source, bundle, "saliency", "sop"),
-        instance_number=INSTANCE_NUMBER,
-        manufacturer="triage",
-        patient_orientation=orientation or ("L", "F"),  # placeholder replaced below
-        transfer_syntax_uid=pydicom.uid.ExplicitVRLittleEndian,
-    )
-    if orientation is None:
-        sc.add_new(0x00200020, "CS", None)  # PatientOrientation, Type 2: unknown
-    body_part = str(source.get("BodyPartExamined", "") or "")
-    if body_part:
-        sc.BodyPartExamined = body_part
-    else:
-        sc.add_new(0x00200060, "CS", None)  # Laterality, Type 2C, unknown
-    sc.BurnedInAnnotation = "NO"
-    sc.Modality = "OT"
-    sc.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
-    sc.DerivationDescription = (
-        "pneumothorax saliency map of the bundle's saliency model; pixel value = 255 x saliency (0..1)"
+    sc = derived_sc(
+        source,
+        pixels,
+        kind="saliency",
+        photometric=hd.PhotometricInterpretationValues.MONOCHROME2,
+        burned_in=False,
+        description=(
+            "pneumothorax saliency map of the bundle's saliency model; pixel value = 255 x saliency (0..1)"
+        ),
+        bundle=bundle,
     )
     sc.WindowCenter, sc.WindowWidth = 127.5, 256.0
-    source_item = pydicom.Dataset()
-    source_item.ReferencedSOPClassUID = source.SOPClassUID
-    source_item.ReferencedSOPInstanceUID = source.SOPInstanceUID
-    sc.SourceImageSequence = [source_item]
-    finish(sc, source, bundle, "saliency")
     return sc
 
 

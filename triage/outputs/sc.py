@@ -16,7 +16,7 @@ import numpy as np
 import pydicom
 
 from triage.outputs.atomic import atomic_save_dataset
-from triage.outputs.dicom_objects import INSTANCE_NUMBER, SERIES_NUMBER, BundleInfo, finish, output_uid
+from triage.outputs.dicom_objects import INSTANCE_NUMBER, SERIES_NUMBER, BundleInfo, Kind, finish, output_uid
 
 logger = logging.getLogger(__name__)
 
@@ -36,21 +36,30 @@ def patient_orientation(source: pydicom.Dataset) -> tuple[str, str] | None:
     return _FROM_VIEW.get(str(source.get("ViewPosition", "")).upper())
 
 
-def build_sc(source: pydicom.Dataset, overlay_rgb: np.ndarray, *, bundle: BundleInfo) -> hd.sc.SCImage:
-    """The SC dataset for ``overlay_rgb`` (uint8 H x W x 3); see :func:`write_sc`."""
-    arr = np.asarray(overlay_rgb)
-    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3 or min(arr.shape[:2]) < 1:
-        raise ValueError(f"overlay must be uint8 HxWx3; got {arr.dtype} with shape {arr.shape}")
+def derived_sc(
+    source: pydicom.Dataset,
+    pixels: np.ndarray,
+    *,
+    kind: Kind,
+    photometric: hd.PhotometricInterpretationValues,
+    burned_in: bool,
+    description: str,
+    bundle: BundleInfo,
+) -> hd.sc.SCImage:
+    """An 8-bit Secondary Capture of ``pixels`` derived from ``source``, in its study, for an output of
+    ``kind`` ("sc": the RGB overlay; "saliency": the greyscale saliency map): deterministic UIDs, the
+    source's orientation (see the module), Type 2 attributes present, the source image referenced, and
+    equipment and dates set (:func:`finish`)."""
     orientation = patient_orientation(source)
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source,
-        pixel_array=np.ascontiguousarray(arr),
-        photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+        pixel_array=np.ascontiguousarray(pixels),
+        photometric_interpretation=photometric,
         bits_allocated=8,
         coordinate_system=hd.CoordinateSystemNames.PATIENT,
-        series_instance_uid=output_uid(source, bundle, "sc", "series"),
-        series_number=SERIES_NUMBER["sc"],
-        sop_instance_uid=output_uid(source, bundle, "sc", "sop"),
+        series_instance_uid=output_uid(source, bundle, kind, "series"),
+        series_number=SERIES_NUMBER[kind],
+        sop_instance_uid=output_uid(source, bundle, kind, "sop"),
         instance_number=INSTANCE_NUMBER,
         manufacturer="triage",
         patient_orientation=("L", "F"),  # placeholder replaced below
@@ -65,16 +74,32 @@ def build_sc(source: pydicom.Dataset, overlay_rgb: np.ndarray, *, bundle: Bundle
         sc.BodyPartExamined = body_part  # lets validators see an unpaired part: Laterality (2C) absent
     else:
         sc.add_new(0x00200060, "CS", None)  # Laterality, Type 2C, unknown: present and empty
-    sc.BurnedInAnnotation = "YES"
+    sc.BurnedInAnnotation = "YES" if burned_in else "NO"
     sc.Modality = "OT"
     sc.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
-    sc.DerivationDescription = "pneumothorax saliency heat map and mask outline with caption"
+    sc.DerivationDescription = description
     source_item = pydicom.Dataset()
     source_item.ReferencedSOPClassUID = source.SOPClassUID
     source_item.ReferencedSOPInstanceUID = source.SOPInstanceUID
     sc.SourceImageSequence = [source_item]
-    finish(sc, source, bundle, "sc")
+    finish(sc, source, bundle, kind)
     return sc
+
+
+def build_sc(source: pydicom.Dataset, overlay_rgb: np.ndarray, *, bundle: BundleInfo) -> hd.sc.SCImage:
+    """The SC dataset for ``overlay_rgb`` (uint8 H x W x 3); see :func:`write_sc`."""
+    arr = np.asarray(overlay_rgb)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3 or min(arr.shape[:2]) < 1:
+        raise ValueError(f"overlay must be uint8 HxWx3; got {arr.dtype} with shape {arr.shape}")
+    return derived_sc(
+        source,
+        arr,
+        kind="sc",
+        photometric=hd.PhotometricInterpretationValues.RGB,
+        burned_in=True,
+        description="pneumothorax saliency heat map and mask outline with caption",
+        bundle=bundle,
+    )
 
 
 def write_sc(source: pydicom.Dataset, overlay_rgb: np.ndarray, path: Path, *, bundle: BundleInfo) -> str:
