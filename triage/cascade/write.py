@@ -10,7 +10,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from triage.bundle import Bundle
-from triage.cascade.items import Item
+from triage.cascade.items import PICTURE_FORMATS, Item
 from triage.cascade.postprocess import triplet_mask
 from triage.cascade.preprocess import content, to_source
 from triage.errors import ErrorCode, TriageError
@@ -136,7 +136,7 @@ def finish_item(item: Item, bundle: Bundle, out: Path, formats: frozenset[str]) 
         f"P(PTX)={probability:.2f} · {'POSITIVE' if positive else 'negative'}"
         f"{' · area ' + area_text if positive else ''} · {bundle.label}"
     )
-    if formats & {"png", "sc"}:
+    if formats & PICTURE_FORMATS:
         try:
             overlay = render_overlay(
                 item.picture,
