@@ -35,7 +35,7 @@ from serving.config import ConfigError, ListenConfig, ServiceConfig
 from serving.metrics import Metrics
 from serving.store import Arrival, JobStore
 from triage.errors import TriageError
-from triage.io.inputs import text_value
+from triage.io.dicomfile import text_value
 from triage.outputs.atomic import atomic_write_bytes
 from triage.outputs.paths import study_dir, validated_uid
 

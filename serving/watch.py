@@ -43,7 +43,7 @@ from serving.metrics import Metrics
 from serving.store import Arrival, JobStore
 from triage.errors import ErrorCode, TriageError
 from triage.io.dicom import read_header
-from triage.io.inputs import text_value
+from triage.io.dicomfile import text_value
 from triage.outputs.paths import validated_uid
 
 logger = logging.getLogger(__name__)

@@ -10,7 +10,8 @@ import pytest
 from pydicom.data.data_manager import DATA_ROOT
 
 from triage.errors import ErrorCode, TriageError
-from triage.io.inputs import expand_inputs, group_by_study, read_header
+from triage.io.dicomfile import read_header
+from triage.io.inputs import expand_inputs, group_by_study
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from pydicom.uid import UID
 from triage.errors import ErrorCode, TriageError
 from triage.io import dicom
 from triage.io.dicom import DEFAULT_POLICY, LENIENT_POLICY, DicomImage, ReadPolicy, read_header, read_image
-from triage.io.inputs import unforeseen_error
+from triage.io.dicomfile import unforeseen_error
 from triage.synth.dicom_writer import Acquisition, Compression, Identity, build_dataset, write_dataset
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns about the broken files

@@ -1,7 +1,7 @@
 """The one DICOM reader of the product: file → validated header + display-ready float image.
 
 :func:`read_image` raises only TriageError; checks run cheapest first: NOT_FOUND / UNREADABLE / NOT_DICOM /
-TRUNCATED (file layer: :func:`triage.io.inputs.open_dataset`) → UNSUPPORTED_MODALITY → NO_PIXEL_DATA →
+TRUNCATED (file layer: :func:`triage.io.dicomfile.open_dataset`) → UNSUPPORTED_MODALITY → NO_PIXEL_DATA →
 UNSUPPORTED_PHOTOMETRIC → MULTI_FRAME → TOO_SMALL → INVALID_UID → MISSING_CODEC → TRUNCATED (Pixel Data
 shorter than Rows×Columns×BitsAllocated) → DECODE_FAILED (also: anything raised inside pydicom); other
 surprises are INTERNAL.  Messages name the bad value, never the path (folders can carry patient names).
@@ -34,8 +34,8 @@ from pydicom.pixels.utils import _get_jpg_parameters, pixel_array  # the former:
 from pydicom.uid import UID
 
 from triage.errors import ErrorCode, TriageError
-from triage.io.inputs import FATAL, open_dataset, text_value, unforeseen_error
-from triage.io.inputs import read_header as read_header  # re-exported: the reader's header-only form
+from triage.io.dicomfile import FATAL, open_dataset, text_value, unforeseen_error
+from triage.io.dicomfile import read_header as read_header  # re-exported: the reader's header-only form
 
 logger = logging.getLogger(__name__)
 
