@@ -23,6 +23,7 @@ from serving.config import (
     WatchConfig,
 )
 from serving.logs import LEVELS, setup_logging
+from triage.io.codestream import DEFAULT_MAX_PIXELS
 
 FORMATS_DEFAULT = ",".join(sorted(DEFAULT_FORMATS))
 KINDS_DEFAULT = ",".join(FORWARD_KINDS)
@@ -42,6 +43,12 @@ BatchSize = Annotated[int, typer.Option(help="Images per model call.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
 Threads = Annotated[int, typer.Option(help="ONNX Runtime threads; 0 = the cores available.")]
 AnyModality = Annotated[bool, typer.Option(help="Accept modalities other than CR / DX for presentation.")]
+MaxPixels = Annotated[
+    int,
+    typer.Option(
+        min=1, help="Largest image accepted, in decoded pixels (checked before decoding; larger: too_large)."
+    ),
+]
 Db = Annotated[Path | None, typer.Option(help="Job store (SQLite); default OUT/jobs.sqlite3.")]
 HttpHost = Annotated[
     str, typer.Option(envvar="TRIAGE_HTTP_HOST", help="Address of the /metrics and /healthz endpoint.")
@@ -152,6 +159,7 @@ def watch(
     device: DeviceOpt = "auto",
     threads: Threads = 0,
     any_modality: AnyModality = False,
+    max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
     db: Db = None,
     http_host: HttpHost = "127.0.0.1",
     http_port: HttpPort = 9120,
@@ -183,6 +191,7 @@ def watch(
         device=device,
         threads=threads,
         any_modality=any_modality,
+        max_pixels=max_pixels,
         db=db,
         http_host=http_host,
         http_port=http_port,
@@ -240,6 +249,7 @@ def listen(
     device: DeviceOpt = "auto",
     threads: Threads = 0,
     any_modality: AnyModality = False,
+    max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
     db: Db = None,
     http_host: HttpHost = "127.0.0.1",
     http_port: HttpPort = 9120,
@@ -269,6 +279,7 @@ def listen(
         device=device,
         threads=threads,
         any_modality=any_modality,
+        max_pixels=max_pixels,
         db=db,
         http_host=http_host,
         http_port=http_port,

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 from triage.cascade.write import FORMATS
+from triage.io.codestream import DEFAULT_MAX_PIXELS
 
 InputPolicy = Literal["keep", "move", "delete"]
 INPUT_POLICIES: tuple[InputPolicy, ...] = ("keep", "move", "delete")
@@ -89,6 +90,7 @@ class ServiceConfig:
     threads: int | None = None
     read_workers: int | None = None
     any_modality: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
     db: Path | None = None
     http_host: str = "127.0.0.1"
     http_port: int = 9120

@@ -138,7 +138,7 @@ class Service:
         options = PredictOptions(
             formats=config.formats,
             batch_size=config.batch_size,
-            policy=ReadPolicy(any_modality=config.any_modality),
+            policy=ReadPolicy(any_modality=config.any_modality, max_pixels=config.max_pixels),
             device=config.device,  # type: ignore[arg-type]
             threads=config.threads,
             read_workers=config.read_workers,

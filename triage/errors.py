@@ -28,6 +28,9 @@ class ErrorCode(StrEnum):
     INFERENCE_FAILED = "inference_failed"
     WRITE_FAILED = "write_failed"
     INTERNAL = "internal_error"
+    TOO_LARGE = "too_large"  # would decode to more than the pixel / byte limit (checked before decoding)
+    DEGENERATE_IMAGE = "degenerate_image"  # the display image is constant or two-level: nothing to read
+    DUPLICATE_INSTANCE = "duplicate_instance"  # a SOPInstanceUID already taken by another input of the study
 
 
 class TriageError(Exception):

@@ -183,6 +183,10 @@ def predict(
         str, typer.Option(help="Model variant: auto (the card's default for the device), fp32, int8, ...")
     ] = "auto",
     any_modality: Annotated[bool, typer.Option(help="Accept modalities other than CR / DX.")] = False,
+    max_pixels: Annotated[
+        int,
+        typer.Option(help="Largest image accepted, in decoded pixels (checked before decoding: too_large)."),
+    ] = 40_000_000,  # triage.io.codestream.DEFAULT_MAX_PIXELS (not imported: keeps start-up fast)
     resume: Annotated[bool, typer.Option(help="Continue a batch in OUT, skipping finished inputs.")] = False,
 ) -> None:
     """Triage chest radiographs: gate, segment, threshold, saliency; results.jsonl, worklist.csv, DICOM."""
@@ -206,7 +210,7 @@ def predict(
             saliency=saliency,
             formats=formats,
             batch_size=batch_size,
-            policy=ReadPolicy(any_modality=any_modality),
+            policy=ReadPolicy(any_modality=any_modality, max_pixels=max_pixels),
             device=device,  # type: ignore[arg-type]
             threads=threads or None,
             read_workers=read_workers or None,

@@ -34,6 +34,7 @@ from pydicom.pixels.utils import _get_jpg_parameters, pixel_array  # the former:
 from pydicom.uid import UID
 
 from triage.errors import ErrorCode, TriageError
+from triage.io.codestream import DEFAULT_MAX_PIXELS, SizeLimit, check_decoded_size
 from triage.io.dicomfile import FATAL, open_dataset, text_value, unforeseen_error
 from triage.io.dicomfile import read_header as read_header  # re-exported: the reader's header-only form
 
@@ -64,14 +65,21 @@ _PACKAGES: dict[str, str] = {
 
 @dataclass(frozen=True)
 class ReadPolicy:
-    """``any_modality`` lifts the CR / DX-for-presentation rule; ``min_size``: minimum Rows and Columns."""
+    """``any_modality`` lifts the CR / DX-for-presentation rule; ``min_size``: minimum Rows and Columns;
+    ``max_pixels``: the most pixels an input may decode to (checked before decoding: TOO_LARGE)."""
 
     any_modality: bool = False
     min_size: int = 128
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     def __post_init__(self) -> None:
         if not isinstance(self.min_size, int) or self.min_size < 1:
             raise ValueError(f"min_size={self.min_size!r} must be an integer >= 1")
+        SizeLimit(self.max_pixels)  # validates
+
+    @property
+    def size_limit(self) -> SizeLimit:
+        return SizeLimit(self.max_pixels)
 
 
 DEFAULT_POLICY = ReadPolicy()
@@ -383,7 +391,8 @@ def _spacing(ds: pydicom.Dataset) -> tuple[tuple[float, float] | None, str]:
 def read_image(path: Path, policy: ReadPolicy = DEFAULT_POLICY) -> DicomImage:
     """Read and validate one DICOM radiograph; raises only TriageError (codes: module docstring)."""
     try:
-        ds = open_dataset(Path(path), stop_before_pixels=False)
+        ds = open_dataset(Path(path), stop_before_pixels=False, limit=policy.size_limit)
+        check_decoded_size(ds, policy.size_limit)
         rows, columns = _check_header(ds, policy)
         if not (ts := UID(text_value(getattr(ds, "file_meta", pydicom.Dataset()), "TransferSyntaxUID"))):
             message = "no TransferSyntaxUID and the Pixel Data is encapsulated: the codec is unknown"

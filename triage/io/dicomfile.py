@@ -28,6 +28,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
 from triage.errors import ErrorCode, TriageError
+from triage.io.codestream import DEFAULT_LIMIT, SizeLimit, check_file_size, check_inflated_size
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,18 @@ def text_value(ds: pydicom.Dataset, keyword: str) -> str:
     except Exception:
         return ""
     return "" if value is None else str(value).strip()
+
+
+def _check_deflated(fh: BinaryIO, limit: SizeLimit) -> None:
+    """For a Deflated Explicit VR Little Endian file, TOO_LARGE before pydicom inflates it whole."""
+    try:
+        preamble = pydicom.filereader.read_preamble(fh, False)
+        meta = pydicom.filereader._read_file_meta_info(fh) if preamble is not None else None
+    except Exception:
+        meta = None  # not a file with a meta header: the parser below decides
+    if meta is not None and meta.get("TransferSyntaxUID") == uids.DeflatedExplicitVRLittleEndian:
+        check_inflated_size(fh, limit)
+    fh.seek(0)
 
 
 def _parse(fh: BinaryIO, stop_before_pixels: bool) -> pydicom.Dataset:
@@ -109,8 +122,12 @@ def _ensure_transfer_syntax(ds: pydicom.Dataset) -> None:
     ds.file_meta.TransferSyntaxUID = ts if little is not False else uids.ExplicitVRBigEndian
 
 
-def open_dataset(path: Path, stop_before_pixels: bool = False) -> pydicom.Dataset:
-    """Stat, open and parse ``path``: NOT_FOUND, UNREADABLE, NOT_DICOM, TRUNCATED or DECODE_FAILED."""
+def open_dataset(
+    path: Path, stop_before_pixels: bool = False, limit: SizeLimit | None = None
+) -> pydicom.Dataset:
+    """Stat, open and parse ``path``: NOT_FOUND, UNREADABLE, NOT_DICOM, TRUNCATED or DECODE_FAILED; with
+    a ``limit``, TOO_LARGE for a file (or an inflated deflated data set) larger than its bytes, checked
+    before reading it (Pixel Data is read whole)."""
     path = Path(path)
     try:
         mode = path.stat().st_mode
@@ -119,6 +136,10 @@ def open_dataset(path: Path, stop_before_pixels: bool = False) -> pydicom.Datase
             raise TriageError(ErrorCode.UNREADABLE, f"is {what}, not a regular file")
         with path.open("rb") as fh:
             size = os.fstat(fh.fileno()).st_size
+            if limit is not None:
+                if not stop_before_pixels:
+                    check_file_size(size, limit)
+                _check_deflated(fh, limit)
             ds = _parse(fh, stop_before_pixels)
         _check_complete(ds, size, stop_before_pixels)
         _ensure_transfer_syntax(ds)
@@ -140,11 +161,11 @@ def open_dataset(path: Path, stop_before_pixels: bool = False) -> pydicom.Datase
     return ds
 
 
-def read_header(path: Path) -> pydicom.Dataset:
+def read_header(path: Path, limit: SizeLimit | None = DEFAULT_LIMIT) -> pydicom.Dataset:
     """The header of ``path`` without Pixel Data (fast; for grouping); raises only TriageError (see
-    :func:`open_dataset` and :func:`unforeseen_error`)."""
+    :func:`open_dataset` and :func:`unforeseen_error`); a deflated file is inflated within ``limit``."""
     try:
-        return open_dataset(Path(path), stop_before_pixels=True)
+        return open_dataset(Path(path), stop_before_pixels=True, limit=limit)
     except (TriageError, *FATAL):
         raise
     except BaseException as exc:
