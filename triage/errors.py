@@ -6,7 +6,10 @@ one; add new ones at the end.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
+
+_QUOTED = re.compile(r"b?'(?:[^'\\]|\\.)*'|b?\"(?:[^\"\\]|\\.)*\"")
 
 
 class ErrorCode(StrEnum):
@@ -40,3 +43,11 @@ class TriageError(Exception):
         super().__init__(f"{code.value}: {message}")
         self.code = code
         self.message = message
+
+
+def safe_text(exc: BaseException, limit: int = 300) -> str:
+    """``exc``'s message on one line with every quoted value replaced by '…': pydicom and highdicom quote
+    the header value they reject (``Unable to convert 'DOE^JOHN' ...``), and records, the job store and
+    logs name the attribute, never its value."""
+    text = _QUOTED.sub("'…'", " ".join(str(exc).split()))
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -66,7 +66,7 @@ def save_raw(ds: pydicom.Dataset, path: Path, syntax: UID) -> Path:
     ds.preamble = b"\0" * 128
     little = syntax != pydicom.uid.ExplicitVRBigEndian
     implicit = syntax == pydicom.uid.ImplicitVRLittleEndian
-    ds.save_as(path, implicit_vr=implicit, little_endian=little, enforce_file_format=False)
+    pydicom.dcmwrite(path, ds, implicit_vr=implicit, little_endian=little, force_encoding=True)
     return path
 
 

@@ -15,6 +15,7 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
+from triage.errors import ErrorCode, TriageError
 from triage.io.dicom import read_dicom, read_image, to_display
 from triage.synth import dicom_writer
 from triage.synth.dicom_writer import (
@@ -333,12 +334,16 @@ def test_window_width_up_to_1_falls_back_to_min_max(width: int, tmp_path: Path) 
 
 
 @pytest.mark.parametrize("photometric", PHOTOMETRICS)
-def test_constant_image_without_window_is_all_zeros(photometric: Photometric, tmp_path: Path) -> None:
+def test_constant_image_is_degenerate_and_displays_as_zeros(photometric: Photometric, tmp_path: Path) -> None:
+    """read_image refuses it (degenerate_image: nothing to read, issue 14); to_display shows zeros."""
     ds = build_dataset(
         np.full((SIZE, SIZE), 0.4, np.float32), Acquisition("CR", photometric, "PA", 0.1), identity()
     )
     del ds.WindowCenter, ds.WindowWidth
-    pixels = _read(ds, tmp_path)
+    with pytest.raises(TriageError) as info:
+        _read(ds, tmp_path)
+    assert info.value.code is ErrorCode.DEGENERATE_IMAGE
+    pixels = to_display(pydicom.dcmread(tmp_path / "case.dcm"))
     assert pixels.dtype == np.float32 and not pixels.any()
 
 

@@ -24,6 +24,7 @@ class OnnxModel:
     """One ONNX model in an InferenceSession; thread-safe to call (ONNX Runtime's `run` is)."""
 
     def __init__(self, spec: ModelSpec, device: str = "auto", threads: int | None = None) -> None:
+        ort.disable_telemetry_events()  # Windows (ETW); elsewhere ORT_DISABLE_TELEMETRY: triage/__init__.py
         available = ort.get_available_providers()
         if device == "cuda" and "CUDAExecutionProvider" not in available:
             raise TriageError(

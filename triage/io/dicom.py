@@ -33,7 +33,7 @@ from pydicom.pixels.processing import apply_modality_lut, apply_voi, apply_windo
 from pydicom.pixels.utils import _get_jpg_parameters, pixel_array  # the former: pydicom's own JPEG parser
 from pydicom.uid import UID
 
-from triage.errors import ErrorCode, TriageError
+from triage.errors import ErrorCode, TriageError, safe_text
 from triage.io.codestream import DEFAULT_MAX_PIXELS, SizeLimit, check_decoded_size
 from triage.io.dicomfile import FATAL, open_dataset, text_value, unforeseen_error
 from triage.io.dicomfile import read_header as read_header  # re-exported: the reader's header-only form
@@ -41,6 +41,7 @@ from triage.io.dicomfile import read_header as read_header  # re-exported: the r
 logger = logging.getLogger(__name__)
 
 GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
+MIN_MM, MAX_MM = 0.01, 5.0  # radiograph detectors: ~0.05–0.2 mm; else the value is bogus
 _DX_PRESENTATION = uids.DigitalXRayImageStorageForPresentation
 _DX_PROCESSING = uids.DigitalXRayImageStorageForProcessing
 ACCEPTED = f"Modality CR, or Modality DX with SOP class {_DX_PRESENTATION.name} ({_DX_PRESENTATION})"
@@ -258,7 +259,7 @@ def _decode(ds: pydicom.Dataset, ts: UID) -> tuple[np.ndarray, str]:
         except FATAL:
             raise
         except BaseException as exc:  # Rust codecs raise PanicException, a BaseException
-            errors.append(f"{plugin or 'native'}: {type(exc).__name__}: {' '.join(str(exc).split())}")
+            errors.append(f"{plugin or 'native'}: {type(exc).__name__}: {safe_text(exc, 200)}")
     raise TriageError(
         ErrorCode.DECODE_FAILED, f"{ts.name} ({ts}) Pixel Data cannot be decoded: {' | '.join(errors)}"
     )
@@ -305,7 +306,7 @@ def _voi(modality: np.ndarray, ds: pydicom.Dataset) -> tuple[np.ndarray, float, 
                 return np.asarray(values, dtype=np.float64), 0.0, top
             logger.warning("VOI LUT data are all zero; ignoring the VOI LUT")
         except (ValueError, NotImplementedError, IndexError, TypeError) as exc:
-            logger.warning("VOI LUT unusable (%s: %s); ignoring it", type(exc).__name__, exc)
+            logger.warning("VOI LUT unusable (%s: %s); ignoring it", type(exc).__name__, safe_text(exc))
     if _first_window(ds):
         lo, hi = _window_output_range(ds)
         return np.asarray(apply_windowing(modality, ds, index=0), dtype=np.float64), lo, hi
@@ -318,12 +319,51 @@ def _inverts(ds: pydicom.Dataset) -> bool:
     return str(ds.PhotometricInterpretation).strip() == "MONOCHROME1" or shape == "INVERSE"
 
 
+def _padding_mask(stored: np.ndarray, ds: pydicom.Dataset) -> np.ndarray | None:
+    """Where ``stored`` holds PixelPaddingValue (to PixelPaddingRangeLimit): no image there; None when the
+    attribute is absent, unusable, or marks no pixel or every pixel."""
+    try:
+        value, limit = ds.get("PixelPaddingValue"), ds.get("PixelPaddingRangeLimit")
+        if value is None or isinstance(value, bytes | MultiValue):
+            return None
+        lo, hi = sorted((int(value), int(value if limit is None else limit)))
+    except (TypeError, ValueError):
+        return None
+    mask = (stored >= lo) & (stored <= hi)
+    return mask if 0 < np.count_nonzero(mask) < mask.size else None
+
+
 def _render(stored: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
-    """Stored values (rows, columns) → float32 (rows, columns) in [0, 1]; ValueError naming a bad value."""
+    """Stored values (rows, columns) → float32 (rows, columns) in [0, 1]; ValueError naming a bad value.
+    Padding pixels (PixelPaddingValue) are left out of the display range and shown black."""
     if stored.ndim != 2:
         raise ValueError(f"pixel array shape {stored.shape} is not supported; valid: 2-D (rows, columns)")
+    if not stored.dtype.isnative:  # Explicit VR Big Endian: the LUT path reinterprets the bytes
+        stored = stored.astype(stored.dtype.newbyteorder("="))
+    padding = _padding_mask(stored, ds)
+    if padding is not None:  # a value of the image in their place keeps them out of the min–max range
+        stored = np.where(padding, stored[~padding].flat[0], stored)
     fast = _render_by_lut(stored, ds)
-    return fast if fast is not None else _render_pixels(stored, ds)
+    out = fast if fast is not None else _render_pixels(stored, ds)
+    if padding is not None:
+        out[padding] = 0.0
+    return out
+
+
+def check_not_degenerate(pixels: np.ndarray, ds: pydicom.Dataset, stored: np.ndarray | None = None) -> None:
+    """DEGENERATE_IMAGE when the display image (outside padding) is constant or has two levels only: a
+    slope of 0, a VOI LUT to one value or a window outside the data leave nothing to read, and a model
+    would still answer with confidence."""
+    padding = _padding_mask(stored, ds) if stored is not None else None
+    values = pixels if padding is None else pixels[~padding]
+    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    levels = 1 if hi - lo < 1e-6 else 2 if not np.any((values > lo) & (values < hi)) else 3
+    if levels < 3:
+        message = (
+            f"the display image is {'constant' if levels == 1 else 'two-level'} after the modality LUT / "
+            "VOI (RescaleSlope, VOI LUT or window leave no grey levels): nothing to read"
+        )
+        raise TriageError(ErrorCode.DEGENERATE_IMAGE, message)
 
 
 def _render_by_lut(stored: np.ndarray, ds: pydicom.Dataset) -> np.ndarray | None:
@@ -378,13 +418,17 @@ def to_display(ds: pydicom.Dataset) -> np.ndarray:
 def _spacing(ds: pydicom.Dataset) -> tuple[tuple[float, float] | None, str]:
     """((row, column) spacing in mm, source keyword): ImagerPixelSpacing → PixelSpacing → (None, "none")."""
     for keyword in ("ImagerPixelSpacing", "PixelSpacing"):
+        value = None
         try:
             value = ds.get(keyword)
             pair = (float(value[0]), float(value[1])) if value is not None and len(value) == 2 else None
         except (TypeError, ValueError, IndexError):
             pair = None
-        if pair is not None and np.isfinite(pair).all() and min(pair) > 0:
+        if pair is not None and np.isfinite(pair).all() and MIN_MM <= min(pair) <= max(pair) <= MAX_MM:
             return pair, keyword
+        if value is not None:
+            logger.warning("%s is not a pixel spacing in [%g, %g] mm; areas are given in pixels only",
+                           keyword, MIN_MM, MAX_MM)
     return None, "none"
 
 
@@ -403,8 +447,10 @@ def read_image(path: Path, policy: ReadPolicy = DEFAULT_POLICY) -> DicomImage:
         try:
             pixels = _render(stored, ds)
         except (ValueError, TypeError, IndexError, NotImplementedError) as exc:
-            message = f"display pipeline: {type(exc).__name__}: {exc}"
+            message = f"display pipeline: {type(exc).__name__}: {safe_text(exc)}"
             raise TriageError(ErrorCode.DECODE_FAILED, message) from exc
+        check_not_degenerate(pixels, ds, stored if stored.ndim == 2 else None)
+        del stored
         logger.debug("decoded %s (%s) with %s", ts.name, ts, plugin)
         spacing, source = _spacing(ds)
         del ds.PixelData

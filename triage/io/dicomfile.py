@@ -27,7 +27,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
-from triage.errors import ErrorCode, TriageError
+from triage.errors import ErrorCode, TriageError, safe_text
 from triage.io.codestream import DEFAULT_LIMIT, SizeLimit, check_file_size, check_inflated_size
 
 logger = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def unforeseen_error(exc: BaseException) -> TriageError:
         tb = tb.tb_next
     origin = str(tb.tb_frame.f_globals.get("__name__", "")) if tb is not None else ""
     code = ErrorCode.DECODE_FAILED if origin.split(".")[0] == "pydicom" else ErrorCode.INTERNAL
-    return TriageError(code, f"{type(exc).__name__}: {' '.join(str(exc).split())}")
+    return TriageError(code, f"{type(exc).__name__}: {safe_text(exc)}")
 
 
 def text_value(ds: pydicom.Dataset, keyword: str) -> str:
@@ -148,15 +148,16 @@ def open_dataset(
     except FileNotFoundError as exc:
         raise TriageError(ErrorCode.NOT_FOUND, f"no such file ({exc.strerror})") from exc
     except (EOFError, struct.error) as exc:
-        raise TriageError(ErrorCode.TRUNCATED, f"the file ends early ({type(exc).__name__}: {exc})") from exc
+        message = f"the file ends early ({type(exc).__name__}: {safe_text(exc)})"
+        raise TriageError(ErrorCode.TRUNCATED, message) from exc
     except OSError as exc:
         if exc.errno is None:  # pydicom's own OSError("No tag to read at file position ...")
-            raise TriageError(ErrorCode.TRUNCATED, f"the file ends early ({exc})") from exc
+            raise TriageError(ErrorCode.TRUNCATED, f"the file ends early ({safe_text(exc)})") from exc
         raise TriageError(ErrorCode.UNREADABLE, f"cannot read: {exc.strerror} (errno {exc.errno})") from exc
     except FATAL:
         raise
     except BaseException as exc:
-        message = f"the header cannot be parsed: {type(exc).__name__}: {exc}"
+        message = f"the header cannot be parsed: {type(exc).__name__}: {safe_text(exc)}"
         raise TriageError(ErrorCode.DECODE_FAILED, message) from exc
     return ds
 
