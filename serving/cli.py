@@ -14,7 +14,6 @@ from typing import Annotated
 import typer
 
 from serving.config import (
-    DEFAULT_FORMATS,
     FORWARD_KINDS,
     ConfigError,
     Destination,
@@ -24,8 +23,10 @@ from serving.config import (
 )
 from serving.logs import LEVELS, setup_logging
 from triage.io.codestream import DEFAULT_MAX_PIXELS
+from triage.outputs.formats import HELP as FORMATS_HELP
+from triage.outputs.formats import SERVICE_DEFAULT, format_option
 
-FORMATS_DEFAULT = ",".join(sorted(DEFAULT_FORMATS))
+FORMATS_DEFAULT = format_option(SERVICE_DEFAULT)
 KINDS_DEFAULT = ",".join(FORWARD_KINDS)
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
@@ -38,10 +39,12 @@ Quiet = Annotated[
     float,
     typer.Option(help="A study is complete when none of its files arrived or changed for this many seconds."),
 ]
-Formats = Annotated[str, typer.Option("--format", help="Comma-separated outputs: png, seg, sc, sr.")]
+Formats = Annotated[str, typer.Option("--format", help=FORMATS_HELP)]
 BatchSize = Annotated[int, typer.Option(help="Images per model call.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
 Threads = Annotated[int, typer.Option(help="ONNX Runtime threads; 0 = the cores available.")]
+ReadWorkers = Annotated[int, typer.Option(help="DICOM decode/preprocess threads; 0 = automatic.")]
+WriteWorkers = Annotated[int, typer.Option(help="Output-writing threads; 0 = automatic.")]
 AnyModality = Annotated[bool, typer.Option(help="Accept modalities other than CR / DX for presentation.")]
 MaxPixels = Annotated[
     int,
@@ -96,14 +99,20 @@ def _service_config(command: str, **values: object) -> ServiceConfig:
     formats = frozenset(f.strip() for f in str(values.pop("formats")).split(",") if f.strip())
     kinds = frozenset(k.strip() for k in str(values.pop("forward_kinds")).split(",") if k.strip())
     forward = values.pop("forward")
-    threads = int(values.pop("threads"))  # type: ignore[call-overload]
-    if threads < 0:
-        _fail(command, f"--threads must be 0 (auto) or positive, got {threads}")
+    counts: list[int | None] = []
+    for name in ("threads", "read_workers", "write_workers"):
+        value = int(values.pop(name))  # type: ignore[call-overload]
+        if value < 0:
+            _fail(command, f"--{name.replace('_', '-')} must be 0 (auto) or positive, got {value}")
+        counts.append(value or None)
+    threads, read_workers, write_workers = counts
     try:
         return ServiceConfig(
             formats=formats,
             forward_kinds=kinds,
-            threads=threads or None,
+            threads=threads,
+            read_workers=read_workers,
+            write_workers=write_workers,
             forward=Destination.parse(str(forward)) if forward else None,
             **values,  # type: ignore[arg-type]
         )
@@ -158,6 +167,8 @@ def watch(
     batch_size: BatchSize = 8,
     device: DeviceOpt = "auto",
     threads: Threads = 0,
+    read_workers: ReadWorkers = 0,
+    write_workers: WriteWorkers = 0,
     any_modality: AnyModality = False,
     max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
     db: Db = None,
@@ -190,6 +201,8 @@ def watch(
         batch_size=batch_size,
         device=device,
         threads=threads,
+        read_workers=read_workers,
+        write_workers=write_workers,
         any_modality=any_modality,
         max_pixels=max_pixels,
         db=db,
@@ -248,6 +261,8 @@ def listen(
     batch_size: BatchSize = 8,
     device: DeviceOpt = "auto",
     threads: Threads = 0,
+    read_workers: ReadWorkers = 0,
+    write_workers: WriteWorkers = 0,
     any_modality: AnyModality = False,
     max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
     db: Db = None,
@@ -278,6 +293,8 @@ def listen(
         batch_size=batch_size,
         device=device,
         threads=threads,
+        read_workers=read_workers,
+        write_workers=write_workers,
         any_modality=any_modality,
         max_pixels=max_pixels,
         db=db,
