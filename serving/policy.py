@@ -29,6 +29,9 @@ PERMANENT = frozenset(
         ErrorCode.DECODE_FAILED,
         ErrorCode.TOO_SMALL,
         ErrorCode.INVALID_UID,
+        ErrorCode.TOO_LARGE,
+        ErrorCode.DEGENERATE_IMAGE,
+        ErrorCode.DUPLICATE_INSTANCE,
     }
 )
 TRANSIENT = frozenset(

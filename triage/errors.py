@@ -43,6 +43,9 @@ class TriageError(Exception):
         super().__init__(f"{code.value}: {message}")
         self.code = code
         self.message = message
+        # patient identifiers of the file's header when it was parsed (see triage.outputs.records.redact):
+        # values to keep out of records and logs, never shown
+        self.identifiers: tuple[str, ...] = ()
 
 
 def safe_text(exc: BaseException, limit: int = 300) -> str:

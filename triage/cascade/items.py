@@ -14,7 +14,7 @@ from PIL import Image
 
 from triage.bundle import Bundle, ModelSpec
 from triage.cascade.preprocess import Geometry, as_pil, fit, normalise
-from triage.errors import ErrorCode, TriageError
+from triage.errors import ErrorCode, TriageError, safe_text
 from triage.io.dicom import DicomImage, ReadPolicy, read_image
 from triage.outputs.formats import PICTURE_FORMATS
 from triage.outputs.overlay import overlay_base
@@ -128,5 +128,25 @@ def load_item(path: str, bundle: Bundle, policy: ReadPolicy, keep: Keep = "full"
     except TriageError as exc:
         item.error = exc
     except Exception as exc:  # a crash inside one file never ends the batch
-        item.error = TriageError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+        item.error = TriageError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {safe_text(exc)}")
     return item
+
+
+def claim_instance(item: Item, taken: set[tuple[str, str]]) -> bool:
+    """Add ``item``'s (StudyInstanceUID, SOPInstanceUID) to ``taken``; False if it was there already (a
+    second file of the same instance would overwrite the first one's outputs)."""
+    if item.image is None:
+        return True
+    key = (item.image.study_uid, item.image.sop_uid)
+    if key in taken:
+        return False
+    taken.add(key)
+    return True
+
+
+def duplicate_error() -> TriageError:
+    message = (
+        "another input of this batch has the same StudyInstanceUID and SOPInstanceUID and was processed "
+        "(its record has this sop_uid); this copy writes nothing"
+    )
+    return TriageError(ErrorCode.DUPLICATE_INSTANCE, message)

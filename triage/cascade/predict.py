@@ -26,7 +26,7 @@ from typing import TypeVar
 
 from triage.bundle import Bundle
 from triage.cascade.infer import infer_isolated
-from triage.cascade.items import Item, Keep, load_item, pixels_to_keep
+from triage.cascade.items import Item, Keep, claim_instance, duplicate_error, load_item, pixels_to_keep
 from triage.cascade.models import CascadeModels
 from triage.cascade.options import PredictOptions, ThreadPlan, thread_plan
 from triage.cascade.write import error_record, finish_item
@@ -34,7 +34,7 @@ from triage.errors import ErrorCode, TriageError
 from triage.io.dicom import ReadPolicy
 from triage.io.inputs import expand_inputs
 from triage.memory import fix_mmap_threshold
-from triage.outputs.batch import ResultsWriter, finished_inputs, read_results, write_worklist
+from triage.outputs.batch import ResultsWriter, finished_inputs, is_finished, read_results, write_worklist
 from triage.outputs.records import ResultRecord
 
 __all__ = ["PredictOptions", "Predictor", "StreamSummary", "Summary", "ThreadPlan", "predict", "thread_plan"]
@@ -117,6 +117,8 @@ class Predictor:
         inputs: Iterable[tuple[K, str]],
         out: Path,
         on_record: Callable[[K, ResultRecord], None],
+        *,
+        distinct: bool = False,
     ) -> StreamSummary:
         """Run the cascade over ``inputs``, (key, file path) pairs, writing each image's outputs under
         ``out`` (``studies/<study UID>/…``: atomic, deterministic names and UIDs, so a re-run replaces).
@@ -133,10 +135,17 @@ class Predictor:
         and returns). Nothing is written under ``out`` besides the per-image outputs; ``options.resume``
         does not apply (see :meth:`run`). If ``on_record`` raises, the stream stops after the images in
         flight are written, and the exception propagates.
+
+        ``distinct``: outputs are named by SOPInstanceUID in the study's folder, so a second input with the
+        (StudyInstanceUID, SOPInstanceUID) of an earlier one would overwrite its outputs; with ``distinct``
+        it gets a ``duplicate_instance`` error record instead and writes nothing. A batch asks for it; the
+        services do not (their store holds one file per instance and version, and a later version of a
+        study processes its instances again on purpose).
         """
         start = time.perf_counter()
         options, plan, bundle = self.options, self.plan, self.bundle
         count = failed = 0
+        taken: set[tuple[str, str]] = set()  # (study, SOP) of the inputs accepted, with ``distinct``
         with (
             ThreadPoolExecutor(plan.readers, thread_name_prefix="read") as readers,
             ThreadPoolExecutor(plan.writers, thread_name_prefix="write") as writers,
@@ -166,6 +175,8 @@ class Predictor:
             keep = pixels_to_keep(options.formats)
             for key, item in _read_ahead(inputs, bundle, options.policy, keep, readers, plan.read_ahead):
                 drain(plan.pending_writes)
+                if distinct and item.error is None and not claim_instance(item, taken):
+                    item.error = duplicate_error()
                 if item.error is not None:
                     emit(key, error_record(item, bundle.label))
                     continue
@@ -203,8 +214,8 @@ class Predictor:
             )
         done = finished_inputs(out) if self.options.resume else set()
         files, missing = expand_inputs(list(inputs))
-        todo = [str(p) for p in files if str(p) not in done]
-        missing = [(arg, err) for arg, err in missing if arg not in done]
+        todo = [str(p) for p in files if not is_finished(str(p), done)]
+        missing = [(arg, err) for arg, err in missing if not is_finished(arg, done)]
         if on_total is not None:
             on_total(len(todo) + len(missing))
         records: list[ResultRecord] = []
@@ -218,7 +229,7 @@ class Predictor:
 
             for arg, err in missing:
                 emit(arg, error_record(Item(input=arg, error=err), self.bundle.label))
-            self.stream(((path, path) for path in todo), out, emit)
+            self.stream(((path, path) for path in todo), out, emit, distinct=True)
         write_worklist(out, read_results(out))
         return Summary(records, len(files) - len(todo), time.perf_counter() - start)
 

@@ -14,33 +14,51 @@ from triage.bundle import Bundle
 from triage.cascade.items import Item
 from triage.cascade.postprocess import Decision, decide
 from triage.cascade.preprocess import content
-from triage.errors import ErrorCode, TriageError
+from triage.errors import ErrorCode, TriageError, safe_text
+from triage.io.dicomfile import patient_identifiers
 from triage.outputs.atomic import atomic_save_png
-from triage.outputs.dicom_objects import BundleInfo
-from triage.outputs.formats import PICTURE_FORMATS
+from triage.outputs.dicom_objects import BundleInfo, sanitised_source
+from triage.outputs.formats import DICOM_FORMATS, PICTURE_FORMATS
 from triage.outputs.overlay import render_overlay, save_mask_png
 from triage.outputs.paths import study_dir, validated_uid
-from triage.outputs.records import ResultRecord
+from triage.outputs.records import ResultRecord, input_digest, redact
 from triage.outputs.saliency import render_saliency_panel, write_saliency_sc
 from triage.outputs.sc import write_sc
 from triage.outputs.seg import write_seg
 from triage.outputs.sr import write_sr
 
 
+def _private(item: Item) -> tuple[str, ...]:
+    """The patient identifiers of ``item``'s header, if it was parsed (to redact from its record)."""
+    if item.image is not None:
+        return patient_identifiers(item.image.dataset)
+    return item.error.identifiers if item.error is not None else ()
+
+
 def error_record(item: Item, bundle_label: str) -> ResultRecord:
     err = item.error or TriageError(ErrorCode.INTERNAL, "unknown error")
     image = item.image
+    private = _private(item)
     return ResultRecord(
-        input=item.input,
+        input=redact(item.input, private),
+        input_sha256=input_digest(item.input),
         status="error",
         error_code=err.code.value,
-        message=err.message,
+        message=redact(err.message, private),
         study_uid=image.study_uid if image else None,
         series_uid=image.series_uid if image else None,
         sop_uid=image.sop_uid if image else None,
         bundle=bundle_label,
         timings_ms=_rounded(item.timings_ms),
     )
+
+
+def _message(failures: dict[str, str], emptied: list[str]) -> str | None:
+    """What failed, and which source attributes the DICOM outputs left empty (named, never quoted)."""
+    parts = [f"{kind}: {text}" for kind, text in failures.items()]
+    if emptied:
+        parts.append(f"invalid in the source, left empty in the DICOM outputs: {', '.join(emptied)}")
+    return "; ".join(parts) or None
 
 
 def _rounded(timings: dict[str, float]) -> dict[str, float]:
@@ -109,9 +127,11 @@ def finish_item(item: Item, bundle: Bundle, out: Path, formats: frozenset[str]) 
         item.error = exc
         return error_record(item, bundle.label)
     except Exception as exc:  # one image's failure never ends the batch
-        item.error = TriageError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+        item.error = TriageError(ErrorCode.INTERNAL, f"{type(exc).__name__}: {safe_text(exc)}")
         return error_record(item, bundle.label)
     info = BundleInfo(bundle.name, bundle.version, bundle.content_hash.removeprefix("sha256:"))
+    # invalid source attributes (a birth date that is no date, ...) are left empty in the DICOM outputs
+    source, emptied = sanitised_source(image.dataset) if formats & DICOM_FORMATS else (image.dataset, [])
     outputs: dict[str, str] = {}
     failures: dict[str, str] = {}
 
@@ -122,7 +142,7 @@ def finish_item(item: Item, bundle: Bundle, out: Path, formats: frozenset[str]) 
         except TriageError as exc:
             failures[kind] = exc.message
         except Exception as exc:
-            failures[kind] = f"{type(exc).__name__}: {exc}"
+            failures[kind] = f"{type(exc).__name__}: {safe_text(exc)}"
 
     mask, area, area_mm2 = decision.mask, decision.area_px, decision.area_mm2
     positive, probability = decision.positive, decision.probability
@@ -142,7 +162,7 @@ def finish_item(item: Item, bundle: Bundle, out: Path, formats: frozenset[str]) 
                 shape=item.source_shape,
             )
         except Exception as exc:
-            failures["overlay"] = f"{type(exc).__name__}: {exc}"
+            failures["overlay"] = f"{type(exc).__name__}: {safe_text(exc)}"
     if "png" in formats and overlay is not None:
         attempt("overlay_png", folder / f"{sop}_overlay.png", lambda p: atomic_save_png(p, overlay))
         if positive:
@@ -168,18 +188,18 @@ def finish_item(item: Item, bundle: Bundle, out: Path, formats: frozenset[str]) 
         attempt(
             "saliency_sc",
             folder / f"{sop}_saliency_sc.dcm",
-            lambda p: write_saliency_sc(image.dataset, model_map, p, bundle=info),
+            lambda p: write_saliency_sc(source, model_map, p, bundle=info),
         )
     if "seg" in formats and positive:
-        attempt("seg", folder / f"{sop}_seg.dcm", lambda p: write_seg(image.dataset, mask, p, bundle=info))
+        attempt("seg", folder / f"{sop}_seg.dcm", lambda p: write_seg(source, mask, p, bundle=info))
     if "sc" in formats and overlay is not None:
-        attempt("sc", folder / f"{sop}_sc.dcm", lambda p: write_sc(image.dataset, overlay, p, bundle=info))
+        attempt("sc", folder / f"{sop}_sc.dcm", lambda p: write_sc(source, overlay, p, bundle=info))
     if "sr" in formats:
         attempt(
             "sr",
             folder / f"{sop}_sr.dcm",
             lambda p: write_sr(
-                image.dataset,
+                source,
                 probability=probability,
                 positive=positive,
                 mask_area_mm2=area_mm2,
@@ -188,11 +208,14 @@ def finish_item(item: Item, bundle: Bundle, out: Path, formats: frozenset[str]) 
             ),
         )
     item.timings_ms["write"] = 1000 * (time.perf_counter() - t0)
+    private = _private(item)
+    message = _message(failures, emptied)
     return ResultRecord(
-        input=item.input,
+        input=redact(item.input, private),
+        input_sha256=input_digest(item.input),
         status="error" if failures else "ok",
         error_code=ErrorCode.WRITE_FAILED.value if failures else None,
-        message="; ".join(f"{kind}: {text}" for kind, text in failures.items()) or None,
+        message=redact(message, private) if message else None,
         study_uid=image.study_uid,
         series_uid=image.series_uid,
         sop_uid=image.sop_uid,

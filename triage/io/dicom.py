@@ -35,7 +35,7 @@ from pydicom.uid import UID
 
 from triage.errors import ErrorCode, TriageError, safe_text
 from triage.io.codestream import DEFAULT_MAX_PIXELS, SizeLimit, check_decoded_size
-from triage.io.dicomfile import FATAL, open_dataset, text_value, unforeseen_error
+from triage.io.dicomfile import FATAL, open_dataset, patient_identifiers, text_value, unforeseen_error
 from triage.io.dicomfile import read_header as read_header  # re-exported: the reader's header-only form
 
 logger = logging.getLogger(__name__)
@@ -434,6 +434,7 @@ def _spacing(ds: pydicom.Dataset) -> tuple[tuple[float, float] | None, str]:
 
 def read_image(path: Path, policy: ReadPolicy = DEFAULT_POLICY) -> DicomImage:
     """Read and validate one DICOM radiograph; raises only TriageError (codes: module docstring)."""
+    ds: pydicom.Dataset | None = None
     try:
         ds = open_dataset(Path(path), stop_before_pixels=False, limit=policy.size_limit)
         check_decoded_size(ds, policy.size_limit)
@@ -470,10 +471,17 @@ def read_image(path: Path, policy: ReadPolicy = DEFAULT_POLICY) -> DicomImage:
             spacing_source=source,
             decoder=plugin,
         )
-    except (TriageError, *FATAL):
+    except TriageError as exc:
+        if ds is not None:
+            exc.identifiers = patient_identifiers(ds)
+        raise
+    except FATAL:
         raise
     except BaseException as exc:
-        raise unforeseen_error(exc) from exc
+        error = unforeseen_error(exc)
+        if ds is not None:
+            error.identifiers = patient_identifiers(ds)
+        raise error from exc
 
 
 def read_dicom(path: Path) -> DicomImage:

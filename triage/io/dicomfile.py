@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import stat
 import struct
 from pathlib import Path
@@ -67,6 +68,29 @@ def _check_deflated(fh: BinaryIO, limit: SizeLimit) -> None:
     if meta is not None and meta.get("TransferSyntaxUID") == uids.DeflatedExplicitVRLittleEndian:
         check_inflated_size(fh, limit)
     fh.seek(0)
+
+
+IDENTIFYING = ("PatientName", "PatientID", "PatientBirthDate", "OtherPatientIDs", "OtherPatientNames",
+               "PatientMotherBirthName", "AccessionNumber")
+_MIN_LENGTH = 3  # shorter name components ("O", "JR") would blank out ordinary path text
+
+
+def patient_identifiers(ds: pydicom.Dataset) -> tuple[str, ...]:
+    """The patient-identifying values of ``ds`` (name components, IDs, birth date, accession number) as
+    text to keep out of records: longest first, each at least 3 characters."""
+    found: set[str] = set()
+    for keyword in IDENTIFYING:
+        try:
+            value = ds.get(keyword)
+        except Exception:
+            continue
+        values = value if isinstance(value, pydicom.multival.MultiValue) else [value]
+        for item in values:
+            text = "" if item is None else str(item).strip()
+            found.update(p.strip() for p in re.split(r"[\^=]", text) if len(p.strip()) >= _MIN_LENGTH)
+            if len(text) >= _MIN_LENGTH:
+                found.add(text)
+    return tuple(sorted(found, key=len, reverse=True))
 
 
 def _parse(fh: BinaryIO, stop_before_pixels: bool) -> pydicom.Dataset:

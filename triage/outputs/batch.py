@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import logging
+import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from typing import IO, Any
 from triage.errors import ErrorCode, TriageError
 from triage.outputs.atomic import atomic_write_bytes
 from triage.outputs.paths import validated_uid
-from triage.outputs.records import ResultRecord
+from triage.outputs.records import ResultRecord, input_digest
 
 logger = logging.getLogger(__name__)
 
@@ -136,14 +137,21 @@ def read_results(out: Path) -> list[ResultRecord]:
             except (ValueError, TypeError) as exc:
                 logger.warning("%s line %d: skipped, not a complete record (%s)", path, number, exc)
                 continue
-            by_input.pop(record.input, None)
-            by_input[record.input] = record
+            by_input.pop(record.key, None)
+            by_input[record.key] = record
     return list(by_input.values())
 
 
 def finished_inputs(out: Path) -> set[str]:
-    """Inputs recorded in ``out/results.jsonl`` with status ok or error: ``--resume`` skips these."""
-    return {r.input for r in read_results(out) if r.status in FINISHED_STATUSES}
+    """Inputs recorded in ``out/results.jsonl`` with status ok or error: ``--resume`` skips these. Holds
+    each record's ``input`` and ``input_sha256`` (test a path with :func:`is_finished`)."""
+    done = [r for r in read_results(out) if r.status in FINISHED_STATUSES]
+    return {r.input for r in done} | {r.input_sha256 for r in done if r.input_sha256}
+
+
+def is_finished(path: str, done: set[str]) -> bool:
+    """Whether input ``path`` (as given) is among :func:`finished_inputs`."""
+    return path in done or input_digest(path) in done
 
 
 @dataclass
@@ -181,7 +189,7 @@ def _cell(value: str) -> str:
 
 
 def _number(value: float | None, digits: int) -> str:
-    return "" if value is None else f"{value:.{digits}f}"
+    return "" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
 
 def _row(rank: int, study: _Study) -> list[str]:

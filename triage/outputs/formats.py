@@ -16,12 +16,13 @@ class OutputFormat:
     name: str  # the value of ``--format``
     writes: str  # what it writes, per image (help text)
     picture: bool  # draws the radiograph: needs the image kept at the overlay's size
+    dicom: bool = True  # a DICOM object that copies the source's patient / study attributes
 
 
 REGISTRY: dict[str, OutputFormat] = {
     f.name: f
     for f in (
-        OutputFormat("png", "overlay PNG (+ mask PNG and saliency panel)", picture=True),
+        OutputFormat("png", "overlay PNG (+ mask PNG and saliency panel)", picture=True, dicom=False),
         OutputFormat("seg", "DICOM SEG of the mask (positive images)", picture=False),
         OutputFormat("sc", "DICOM Secondary Capture of the overlay", picture=True),
         OutputFormat("sr", "DICOM Structured Report of the decision", picture=False),
@@ -34,6 +35,7 @@ REGISTRY: dict[str, OutputFormat] = {
 }
 FORMATS: tuple[str, ...] = tuple(REGISTRY)  # every valid name, in the order help and errors list them
 PICTURE_FORMATS = frozenset(name for name, f in REGISTRY.items() if f.picture)
+DICOM_FORMATS = frozenset(name for name, f in REGISTRY.items() if f.dicom)
 PREDICT_DEFAULT = frozenset({"png", "seg", "sc", "saliency"})  # `triage predict`
 SERVICE_DEFAULT = frozenset({"png", "seg", "sc", "sr"})  # `triage watch` / `triage listen` (forwardable SR)
 HELP = "Comma-separated outputs: " + ", ".join(f"{f.name} ({f.writes})" for f in REGISTRY.values()) + "."

@@ -3,11 +3,40 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import math
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Status = Literal["ok", "error"]
+REDACTED = "[redacted]"
+
+
+def redact(text: str, values: Iterable[str]) -> str:
+    """``text`` with every occurrence of ``values`` (case-insensitive, not inside a longer run of letters
+    and digits: "Lee" leaves "colleen" alone) replaced by [redacted]."""
+    for value in values:
+        if value:
+            pattern = rf"(?<![^\W_]){re.escape(value)}(?![^\W_])"
+            text = re.sub(pattern, REDACTED, text, flags=re.IGNORECASE)
+    return text
+
+
+def input_digest(path: str) -> str:
+    """The SHA-256 of an input path as given: a record's key for --resume when its path was redacted."""
+    return hashlib.sha256(path.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no Infinity / NaN: such numbers become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return value
 
 
 @dataclass
@@ -19,6 +48,9 @@ class ResultRecord:
     in the mask on the source grid. priority: the worklist's sort key (higher = more urgent).
     outputs: written files, relative to --out, by kind (mask_png, overlay_png, seg, sc, sr).
     timings_ms: milliseconds per stage (read, preprocess, gate, segment, saliency, write).
+    input: the path as given, except that text equal to the file's own patient name components, IDs,
+    birth date or accession number is replaced by [redacted] (folders named after patients are common);
+    input_sha256: the SHA-256 of the path as given (how --resume and merges recognise the file).
     """
 
     input: str
@@ -37,9 +69,16 @@ class ResultRecord:
     bundle: str | None = None
     outputs: dict[str, str] = field(default_factory=dict)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    input_sha256: str | None = None
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=False, separators=(",", ":"))
+        values = {k: _finite(v) for k, v in dataclasses.asdict(self).items()}
+        return json.dumps(values, sort_keys=False, separators=(",", ":"), allow_nan=False)
+
+    @property
+    def key(self) -> str:
+        """What identifies the input: its path digest (paths may be redacted), else the path."""
+        return self.input_sha256 or self.input
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ResultRecord:
