@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -24,6 +25,27 @@ SCHEMA_VERSION = "1"
 JOB_STATES = ("received", "queued", "running", "done", "failed", "quarantined", "superseded")
 FINISHED = ("done", "failed", "quarantined")
 FILE_OPS = ("move", "delete", "quarantine")
+
+_ESCAPED = "\x00fs:"  # no file name holds NUL: marks a path kept as the hex of its bytes
+
+
+def stored_path(path: str) -> str:
+    """``path`` as the store keeps it (SQLite text is UTF-8): as is, or — a name that is not UTF-8, which
+    Python holds with surrogate escapes (a Latin-1 name from a Windows share) — NUL, "fs:" and the hex of
+    its bytes. :func:`fs_path` is the inverse."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return _ESCAPED + os.fsencode(path).hex()
+    return path
+
+
+def fs_path(text: str) -> str:
+    """The file-system path of a path the store keeps (see :func:`stored_path`)."""
+    if text.startswith(_ESCAPED):
+        return os.fsdecode(bytes.fromhex(text[len(_ESCAPED) :]))
+    return text
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -433,8 +455,8 @@ class Database:
             FileOp(
                 int(r["id"]),
                 str(r["pending_op"]),
-                str(r["path"]),
-                str(r["origin"]),
+                fs_path(str(r["path"])),
+                fs_path(str(r["origin"])),
                 r["study_uid"],
                 r["sop_uid"],
                 json.loads(r["error"]) if r["error"] else None,
@@ -446,5 +468,5 @@ class Database:
         with self.tx() as c:
             c.execute(
                 "UPDATE files SET state=?, path=coalesce(?, path), pending_op=NULL WHERE id=?",
-                (state, path, file_id),
+                (state, None if path is None else stored_path(path), file_id),
             )

@@ -46,6 +46,8 @@ from serving.database import (
     OutboxItem,
     Outcome,
     StoreError,
+    fs_path,
+    stored_path,
 )
 
 __all__ = [
@@ -79,7 +81,7 @@ class JobStore(Database):
         rows = self._query(
             "SELECT 1 FROM files WHERE origin=? AND size=? AND mtime_ns=? AND state IN ('active', 'replaced')"
             " LIMIT 1",
-            (path, size, mtime_ns),
+            (stored_path(path), size, mtime_ns),
         )
         return bool(rows)
 
@@ -99,16 +101,17 @@ class JobStore(Database):
             return [self._register(c, arrival, now) for arrival in arrivals]
 
     def _register(self, c: sqlite3.Connection, arrival: Arrival, now: float) -> int:
+        path = stored_path(arrival.path)
         c.execute(
             "UPDATE files SET state='replaced', pending_op=NULL WHERE path=? AND state='active'",
-            (arrival.path,),
+            (path,),
         )
         cur = c.execute(
             "INSERT INTO files (origin, path, size, mtime_ns, study_uid, sop_uid, arrived_at, error)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                arrival.path,
-                arrival.path,
+                path,
+                path,
                 arrival.size,
                 arrival.mtime_ns,
                 arrival.study_uid,
@@ -126,7 +129,7 @@ class JobStore(Database):
             " WHERE i.study_uid=? AND i.sop_uid=?",
             (arrival.study_uid, arrival.sop_uid),
         ).fetchone()
-        if prev is not None and prev["state"] == "active" and prev["path"] != arrival.path:
+        if prev is not None and prev["state"] == "active" and prev["path"] != path:
             c.execute("UPDATE files SET state='replaced' WHERE id=?", (prev["id"],))
         c.execute(
             "INSERT INTO images (study_uid, sop_uid, file_id) VALUES (?, ?, ?)"
@@ -208,7 +211,7 @@ class JobStore(Database):
                     int(row["id"]),
                     str(row["study_uid"]),
                     float(row["last_arrival"]),
-                    [str(p["path"]) for p in paths],
+                    [fs_path(str(p["path"])) for p in paths],
                 )
             )
         return out
@@ -289,7 +292,7 @@ class JobStore(Database):
         ).fetchall()
         for seq, row in enumerate(rows):
             record = {
-                "input": row["path"],
+                "input": fs_path(str(row["path"])),
                 "status": "error",
                 "error_code": job["error_code"],
                 "message": job["message"],
@@ -353,7 +356,7 @@ class JobStore(Database):
         images = []
         for row in rows:
             if row["state"] in ("active", "replaced", "moved"):
-                images.append(ClaimedImage(row["sop_uid"], row["file_id"], row["path"]))
+                images.append(ClaimedImage(row["sop_uid"], row["file_id"], fs_path(str(row["path"]))))
             else:
                 carried = self._carried(c, job["study_uid"], row["sop_uid"])
                 images.append(ClaimedImage(row["sop_uid"], row["file_id"], None, carried))

@@ -38,6 +38,7 @@ from typing import Any
 import pydicom
 
 from serving.config import ServiceConfig
+from serving.database import fs_path
 from serving.fileops import FileOps
 from serving.loop import Loop
 from serving.metrics import Metrics
@@ -306,7 +307,7 @@ class Worker(Loop):
         policy = self.config.inputs
         if policy != "keep":
             for row in self.store.disposable_files(claim.job_id):
-                if int(row["id"]) not in quarantined and self._disposable(str(row["path"])):
+                if int(row["id"]) not in quarantined and self._disposable(fs_path(str(row["path"]))):
                     file_ops.append((int(row["id"]), policy, None))
         state = "done" if ok else "quarantined"
         positive = any(bool(r.get("positive")) for r in ok)
@@ -336,7 +337,7 @@ class Worker(Loop):
         if self.config.inputs == "keep":
             return
         rows = self.store.redundant_files(study_uid)
-        ops = [(int(r["id"]), self.config.inputs) for r in rows if self._disposable(str(r["path"]))]
+        ops = [(int(r["id"]), self.config.inputs) for r in rows if self._disposable(fs_path(str(r["path"])))]
         if ops:
             logger.info(
                 "%d re-sent image(s) of an already processed study",

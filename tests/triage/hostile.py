@@ -6,6 +6,7 @@ Each builder writes one file and returns its path.  Patient attributes carry *ma
 
 from __future__ import annotations
 
+import os
 import zlib
 from pathlib import Path
 
@@ -48,7 +49,9 @@ def radiograph(n: int, size: int = 256, study: int | None = None, display: np.nd
     options: dict[str, object] = {"modality": "CR", "photometric": "MONOCHROME2", "view": "PA",
                                   "pixel_spacing_mm": 0.14, **acq}
     image = gradient(size) if display is None else display
-    return build_dataset(image, Acquisition(**options), identity(n, study))  # type: ignore[arg-type]
+    ds = build_dataset(image, Acquisition(**options), identity(n, study))  # type: ignore[arg-type]
+    ds.PatientBirthDate = MARKER_BIRTH  # a marker, and no date: the outputs must drop it
+    return ds
 
 
 def save(ds: pydicom.Dataset, path: Path) -> Path:
@@ -171,3 +174,63 @@ BOMBS = {
     "sparse.dcm": sparse_bomb,
     "huge_native.dcm": huge_native_header,
 }
+
+
+# --- a batch of unusual inputs (issue 14: each gets exactly one record) -----------------------------------
+
+
+def big_endian(ds: pydicom.Dataset, path: Path) -> Path:
+    """``ds`` as Explicit VR Big Endian, its 16-bit pixels byte-swapped as that syntax requires."""
+    pixels = ds.pixel_array.astype(np.uint16)
+    ds.PixelData = pixels.astype(">u2").tobytes()
+    ds["PixelData"].VR = "OW"
+    return save_raw(ds, path, pydicom.uid.ExplicitVRBigEndian)
+
+
+def unusual_batch(folder: Path) -> dict[str, str | None]:
+    """Write the corpus under ``folder``; returns {path as the batch will name it: expected error code or
+    None}. Every image carries the markers, and a PatientBirthDate that is no date; ``positive_*`` and
+    the little/big-endian twins add other invalid demographics; ``dup_*`` are one instance twice; one
+    file has a name that is not UTF-8; a folder is named after the patient; a FIFO, a dangling link and
+    a link loop sit beside them."""
+    folder.mkdir(parents=True)
+    expect: dict[str, str | None] = {}
+
+    def add(name: str, ds: pydicom.Dataset, code: str | None = None) -> None:
+        expect[str(save(ds, folder / name))] = code
+
+    add("twin_le.dcm", radiograph(1))
+    expect[str(big_endian(radiograph(2), folder / "twin_be.dcm"))] = None
+    bad_sex = radiograph(3)
+    bad_sex.PatientSex = "X"
+    add("positive_sex.dcm", bad_sex)
+    charset = radiograph(4)
+    charset.SpecificCharacterSet = "ISO_IR 999"
+    add("positive_charset.dcm", charset)
+    name = radiograph(5)
+    name.PatientName = MARKER_NAME + "^A^B^C^D^E"  # more than five components
+    add("positive_name.dcm", name)
+    spacing = radiograph(6)
+    spacing.ImagerPixelSpacing = spacing.PixelSpacing = ["1e300", "1e300"]
+    add("huge_spacing.dcm", spacing)
+    add("constant.dcm", radiograph(7, display=np.full((256, 256), 0.4, np.float32)), "degenerate_image")
+    slope = radiograph(8)
+    slope.RescaleSlope = 0
+    add("slope0.dcm", slope, "degenerate_image")
+    add("dup_a.dcm", radiograph(9))
+    add("dup_b.dcm", radiograph(9), "duplicate_instance")
+    other_study = radiograph(10)
+    other_study.SOPInstanceUID = radiograph(9).SOPInstanceUID  # the same SOP UID in another study
+    other_study.file_meta.MediaStorageSOPInstanceUID = other_study.SOPInstanceUID
+    add("same_sop_other_study.dcm", other_study)
+    path = Path(os.fsdecode(bytes(folder) + b"/latin1_\xe9.dcm"))
+    expect[str(save(radiograph(11), path))] = None
+    (folder / "ZEBRAQUUX_MARKERFIRST").mkdir()
+    add("ZEBRAQUUX_MARKERFIRST/case.dcm", radiograph(12))
+    (folder / "notes.txt").write_text("not an image")
+    expect[str(folder / "notes.txt")] = "not_dicom"
+    os.mkfifo(folder / "pipe.dcm")
+    (folder / "dangling.dcm").symlink_to(folder / "nowhere.dcm")
+    (folder / "loop.dcm").symlink_to("loop.dcm")
+    expect.update({str(folder / n): "unreadable" for n in ("pipe.dcm", "dangling.dcm", "loop.dcm")})
+    return expect

@@ -25,40 +25,58 @@ GLOB_CHARS = frozenset("*?[")
 SKIPPED_NAMES = frozenset({"DICOMDIR"})  # a media index, not an image
 
 
-def _is_file(path: Path, errors: list[str]) -> bool:
+Problem = tuple[str, TriageError]  # (the entry or arg it concerns, why it gives no file)
+
+_SPECIAL = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+            (stat.S_ISBLK, "a block device"))
+
+
+def _is_file(path: Path, problems: list[Problem]) -> bool:
+    """Whether ``path`` (a folder entry or a glob match; symbolic links followed) is a regular file; else
+    its own UNREADABLE problem (a FIFO, a dangling link, a link loop, ...), so that nothing a folder holds
+    goes without a record."""
     try:
-        return stat.S_ISREG(path.stat().st_mode)
-    except OSError as exc:  # e.g. a folder that can be listed but not entered
-        errors.append(f"{path.name}: {exc.strerror}")
+        mode = path.stat().st_mode
+    except OSError as exc:  # a dangling link, a link loop, an entry that cannot be checked
+        problems.append((str(path), TriageError(ErrorCode.UNREADABLE, f"cannot be checked: {exc.strerror}")))
         return False
+    if stat.S_ISREG(mode):
+        return True
+    kind = next((name for test, name in _SPECIAL if test(mode)), "not a regular file")
+    problems.append((str(path), TriageError(ErrorCode.UNREADABLE, f"{kind}, not a regular file: skipped")))
+    return False
 
 
-def _folder_files(folder: Path) -> tuple[list[Path], list[str]]:
-    """(regular files under ``folder``, sorted; what could not be listed or checked).  Hidden files and
-    folders and DICOMDIR are skipped; symlinked folders are not followed (no loops), symlinked files are."""
+def _folder_files(folder: Path) -> tuple[list[Path], list[Problem]]:
+    """(regular files under ``folder``, sorted; a problem per entry that could not be listed or is no
+    regular file).  Hidden files and folders and DICOMDIR are skipped; symlinked folders are not followed
+    (no loops), symlinked files are."""
     found: list[Path] = []
-    errors: list[str] = []
-    for root, dirs, names in os.walk(folder, onerror=lambda e: errors.append(f"{e.filename}: {e.strerror}")):
+    problems: list[Problem] = []
+
+    def unlisted(exc: OSError) -> None:
+        error = TriageError(ErrorCode.UNREADABLE, f"cannot be listed: {exc.strerror}")
+        problems.append((str(exc.filename), error))
+
+    for root, dirs, names in os.walk(folder, onerror=unlisted):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found += [
-            Path(root) / name
-            for name in names
-            if not name.startswith(".") and name not in SKIPPED_NAMES and _is_file(Path(root) / name, errors)
-        ]
-    return sorted(found), errors
+        wanted = (n for n in sorted(names) if not n.startswith(".") and n not in SKIPPED_NAMES)
+        found += [Path(root) / name for name in wanted if _is_file(Path(root) / name, problems)]
+    return sorted(found), sorted(problems, key=lambda p: p[0])
 
 
-def _expand(arg: str) -> tuple[list[Path], list[TriageError]]:
-    """(files, errors) for one arg; see :func:`expand_inputs`."""
+def _expand(arg: str) -> tuple[list[Path], list[Problem]]:
+    """(files, problems) for one arg; see :func:`expand_inputs`."""
     path = Path(arg)
-    problems: list[str] = []
+    problems: list[Problem] = []
     if path.is_dir():
         files, problems = _folder_files(path)
         what = f"folder {arg!r} holds no files (hidden files and DICOMDIR are skipped)"
     elif path.is_file():
         return [path], []
     elif os.path.lexists(arg):
-        return [], [TriageError(ErrorCode.UNREADABLE, f"{arg!r} is not a regular file, folder or glob")]
+        special = TriageError(ErrorCode.UNREADABLE, f"{arg!r} is not a regular file, folder or glob")
+        return [], [(arg, special)]
     elif GLOB_CHARS & set(arg):
         files, what = [], f"glob {arg!r} matches no files"
         for match in map(Path, sorted(glob.glob(arg, recursive=True))):
@@ -68,14 +86,10 @@ def _expand(arg: str) -> tuple[list[Path], list[TriageError]]:
             elif match.name not in SKIPPED_NAMES and _is_file(match, problems):
                 files.append(match)
     else:
-        return [], [TriageError(ErrorCode.NOT_FOUND, f"{arg!r}: no such file, folder or glob")]
-    errors: list[TriageError] = []
-    if problems:
-        message = f"{arg!r}: {len(problems)} entries cannot be read: {'; '.join(problems[:3])}"
-        errors.append(TriageError(ErrorCode.UNREADABLE, message))
-    elif not files:
-        errors.append(TriageError(ErrorCode.NOT_FOUND, what))
-    return files, errors
+        return [], [(arg, TriageError(ErrorCode.NOT_FOUND, f"{arg!r}: no such file, folder or glob"))]
+    if not files and not problems:
+        problems.append((arg, TriageError(ErrorCode.NOT_FOUND, what)))
+    return files, problems
 
 
 def expand_inputs(args: Sequence[str]) -> tuple[list[Path], list[tuple[str, TriageError]]]:
@@ -83,18 +97,23 @@ def expand_inputs(args: Sequence[str]) -> tuple[list[Path], list[tuple[str, Tria
 
     Returns (files, errors): files deduplicated by real path, in args order and sorted within a folder or
     glob; errors pair an arg with NOT_FOUND (it names nothing: no such path, a glob without matches, a
-    folder without files) or UNREADABLE (a special file, entries that cannot be listed or checked).  A file
-    named explicitly is kept even if hidden or called DICOMDIR; folders and globs skip those.
+    folder without files) or UNREADABLE (a special file, a parent without permission), and each entry of
+    a folder or glob that is no regular file (a FIFO, a dangling link, a link loop) or cannot be listed
+    with UNREADABLE, keyed by the entry's own path: every entry gets its own record, once.  A file named
+    explicitly is kept even if hidden or called DICOMDIR; folders and globs skip those.
     """
     files: list[Path] = []
     seen: set[str] = set()
-    errors: list[tuple[str, TriageError]] = []
+    errors: list[Problem] = []
     for arg in args:
         try:
             found, problems = _expand(arg)
         except OSError as exc:  # e.g. a parent folder without search permission
-            found, problems = [], [TriageError(ErrorCode.UNREADABLE, f"{arg!r}: {exc.strerror}")]
-        errors += [(arg, problem) for problem in problems]
+            found, problems = [], [(arg, TriageError(ErrorCode.UNREADABLE, f"{arg!r}: {exc.strerror}"))]
+        for key, problem in problems:
+            if key not in seen:
+                seen.add(key)
+                errors.append((key, problem))
         for path in found:
             if (key := os.path.realpath(path)) not in seen:
                 seen.add(key)

@@ -1,0 +1,109 @@
+"""A batch of unusual inputs through `triage predict` (issue 14): each input gets exactly one record, no
+traceback, big-endian twins match, positives with invalid demographics keep valid SEG / SC, duplicates
+never overwrite, and no planted patient marker reaches results.jsonl, the worklist or the log."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+
+from tests.bundles import build_tiny_bundle
+from tests.triage.hostile import MARKERS, unusual_batch
+from triage.outputs.records import input_digest
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+Run = tuple[Path, dict[str, str | None], dict[str, Any], str]  # out, expected codes, records by key, log
+
+
+def _strict(text: str) -> dict[str, Any]:
+    def refuse(value: str) -> None:
+        raise ValueError(f"{value} is not JSON")
+
+    return dict(json.loads(text, parse_constant=refuse))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    root = tmp_path_factory.mktemp("unusual")
+    expect = unusual_batch(root / "in")
+    # the gate passes every image and the segmenter marks the dark disc: every readable image is positive
+    bundle = build_tiny_bundle(root / "bundle", classifier_bias=20.0)
+    out = root / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "triage.cli.main", "-vv", "predict", str(root / "in"), "--model",
+         str(bundle), "--out", str(out), "--format", "png,seg,sc,sr"],
+        capture_output=True, text=True, check=False, errors="surrogateescape",
+    )
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    records = [_strict(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    by_key = {r["input_sha256"]: r for r in records} | {"_count": len(records)}
+    return out, expect, by_key, proc.stdout + proc.stderr
+
+
+def _record(run: Run, name: str) -> dict[str, Any]:
+    _, expect, by_key, _ = run
+    return dict(by_key[input_digest(next(p for p in expect if p.endswith(name)))])
+
+
+def test_every_input_once_with_its_code_and_no_traceback(run: Run) -> None:
+    _, expect, by_key, log = run
+    assert "Traceback" not in log
+    assert by_key["_count"] == len(expect)
+    got = {path: by_key[input_digest(path)]["error_code"] for path in expect}
+    assert got == expect
+    assert all(by_key[input_digest(p)]["status"] == "error" for p, code in expect.items() if code)
+
+
+def test_big_endian_twin_gives_the_same_probability(run: Run) -> None:
+    le, be = _record(run, "twin_le.dcm"), _record(run, "twin_be.dcm")
+    assert le["probability"] is not None and le["probability"] == be["probability"]
+    assert le["mask_area_px"] == be["mask_area_px"]
+
+
+def test_positives_with_invalid_demographics_keep_valid_seg_and_sc(run: Run) -> None:
+    out, expect, by_key, _ = run
+    tool = shutil.which("dciodvfy")
+    for path in expect:
+        if "positive_" not in path and "twin_le" not in path:
+            continue
+        record = by_key[input_digest(path)]
+        assert record["status"] == "ok" and record["positive"], record
+        assert {"seg", "sc", "sr"} <= set(record["outputs"]), record
+        assert "PatientBirthDate" in record["message"]  # named: left empty in the outputs
+        if tool is None:
+            continue
+        for kind in ("seg", "sc"):
+            proc = subprocess.run(
+                [tool, str(out / record["outputs"][kind])], capture_output=True, text=True, check=False
+            )
+            errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("Error")]
+            assert errors == [], (Path(path).name, kind, errors)
+
+
+def test_duplicates_never_overwrite_and_derived_uids_are_unique(run: Run) -> None:
+    out, expect, by_key, _ = run
+    ok = [by_key[input_digest(p)] for p in expect if by_key[input_digest(p)]["status"] == "ok"]
+    sc_uids = [str(pydicom.dcmread(out / r["outputs"]["sc"]).SOPInstanceUID) for r in ok]
+    assert len(sc_uids) == len(set(sc_uids))
+    dup = _record(run, "dup_b.dcm")
+    assert dup["outputs"] == {} and dup["sop_uid"] == _record(run, "dup_a.dcm")["sop_uid"]
+
+
+def test_no_marker_in_results_worklist_or_log(run: Run) -> None:
+    out, expect, _, log = run
+    texts = [log, (out / "results.jsonl").read_text(), (out / "worklist.csv").read_text()]
+    for marker in MARKERS:
+        assert all(marker.lower() not in t.lower() for t in texts), marker
+    folder_case = _record(run, "case.dcm")
+    assert folder_case["input"].endswith("/[redacted]_[redacted]/case.dcm")  # the folder named after them
+    spacing = _record(run, "huge_spacing.dcm")
+    assert spacing["mask_area_mm2"] is None and spacing["mask_area_px"] > 0
+    assert os.fsencode(next(p for p in expect if "latin1" in p)).endswith(b"\xe9.dcm")
