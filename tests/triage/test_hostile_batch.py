@@ -12,11 +12,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pydicom
 import pytest
 
 from tests.bundles import build_tiny_bundle
-from tests.triage.hostile import MARKERS, unusual_batch
+from tests.triage.hostile import MARKERS, radiograph, save, unusual_batch
+from triage.io.dicom import read_image
 from triage.outputs.records import input_digest
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -37,12 +39,16 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     # the gate passes every image and the segmenter marks the dark disc: every readable image is positive
     bundle = build_tiny_bundle(root / "bundle", classifier_bias=20.0)
     out = root / "out"
+    home = root / "home"  # ONNX Runtime's telemetry would write here: nothing may (issue 14, item 9)
+    home.mkdir()
     proc = subprocess.run(
         [sys.executable, "-m", "triage.cli.main", "-vv", "predict", str(root / "in"), "--model",
          str(bundle), "--out", str(out), "--format", "png,seg,sc,sr"],
-        capture_output=True, text=True, check=False, errors="surrogateescape",
+        capture_output=True, text=True, check=False, errors="surrogateescape", cwd=home,
+        env={**os.environ, "HOME": str(home), "PYTHONPATH": os.pathsep.join(sys.path)},
     )
     assert proc.returncode == 1, proc.stderr[-3000:]
+    assert list(home.iterdir()) == []
     records = [_strict(line) for line in (out / "results.jsonl").read_text().splitlines()]
     by_key = {r["input_sha256"]: r for r in records} | {"_count": len(records)}
     return out, expect, by_key, proc.stdout + proc.stderr
@@ -107,3 +113,19 @@ def test_no_marker_in_results_worklist_or_log(run: Run) -> None:
     spacing = _record(run, "huge_spacing.dcm")
     assert spacing["mask_area_mm2"] is None and spacing["mask_area_px"] > 0
     assert os.fsencode(next(p for p in expect if "latin1" in p)).endswith(b"\xe9.dcm")
+
+
+def test_padding_is_kept_out_of_the_display_range(tmp_path: Path) -> None:
+    """A bright PixelPaddingValue border (issue 14, item 7): shown black, and the image's own brightest
+    pixel is still white (without the attribute the border takes the top of the range)."""
+    ds = radiograph(13)
+    del ds.WindowCenter, ds.WindowWidth  # min-max display: the padding would stretch it
+    stored = ds.pixel_array.copy()
+    stored[:16], stored[-16:], stored[:, :16], stored[:, -16:] = 4095, 4095, 4095, 4095
+    ds.PixelData = stored.astype(np.uint16).tobytes()
+    plain = read_image(save(ds, tmp_path / "plain.dcm")).pixels
+    ds.PixelPaddingValue = 4095
+    padded = read_image(save(ds, tmp_path / "padded.dcm")).pixels
+    inside = (slice(16, -16), slice(16, -16))
+    assert padded[:16].max() == 0.0 and padded[inside].max() == pytest.approx(1.0)
+    assert plain[:16].min() == pytest.approx(1.0) and plain[inside].max() < 0.95
