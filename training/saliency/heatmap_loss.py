@@ -1,7 +1,7 @@
 """The heatmap loss: a penalty on attribution that falls where it should not (seeds.md, B).
 
 ``loss = classification loss + λ · heatmap term``. The heatmap term is computed on the normalised
-attribution map Ĥ = ReLU(H)/max(H) (N, 1, h, w) of :mod:`training.attribution`, with the region mask
+attribution map Ĥ = ReLU(H)/max(H) (N, 1, h, w) of :mod:`training.saliency.attribution`, with the region mask
 (lung fields, or the pneumothorax mask) resized to the map's grid by area averaging, so that a grid cell
 holds the *fraction* R ∈ [0, 1] of its pixels inside the region:
 
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.attribution import (
+from training.saliency.attribution import (
     CLASS_CHOICES,
     METHODS,
     ClassChoice,
