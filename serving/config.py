@@ -9,8 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from triage.cascade.write import FORMATS
-
 InputPolicy = Literal["keep", "move", "delete"]
 INPUT_POLICIES: tuple[InputPolicy, ...] = ("keep", "move", "delete")
 FORWARD_KINDS = ("seg", "sc", "sr")
@@ -111,6 +109,8 @@ class ServiceConfig:
             raise ConfigError(f"--quiet-seconds must be 0 or more, got {self.quiet_seconds}")
         if self.inputs not in INPUT_POLICIES:
             raise ConfigError(f"--inputs must be one of {', '.join(INPUT_POLICIES)}, got {self.inputs!r}")
+        from triage.cascade.write import FORMATS  # here: `triage --help` imports this module, keep it light
+
         bad = sorted(set(self.formats) - set(FORMATS))
         if bad or not self.formats:
             raise ConfigError(

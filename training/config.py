@@ -21,13 +21,14 @@ import hashlib
 import json
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, get_origin, get_type_hints
+from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
 from training.models import ArchSpec
+from training.options import Preset
 
-PRESETS = ("seed", "small", "tiny")
+PRESETS: tuple[str, ...] = get_args(Preset)  # the names, declared once in training/options.py
 ROLES = ("classifier", "segmenter", "baseline", "saliency")  # saliency: training/saliency/config.py
 CLASSIFIER_LOSSES = ("soft_f1", "bce", "focal")
 SEGMENTER_LOSSES = ("jaccard", "dice", "bce", "focal", "lovasz", "combo")

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -36,11 +36,8 @@ from training.saliency.attribution import (
     attribute_from_features,
     normalise_map,
 )
+from training.saliency.options import MODES, REGIONS, Mode, Region
 
-Mode = Literal["irrelevant", "relevant"]
-MODES: tuple[Mode, ...] = ("irrelevant", "relevant")
-Region = Literal["lungs", "lesion"]
-REGIONS: tuple[Region, ...] = ("lungs", "lesion")
 BATCH_KEY = {"lungs": "lungs", "lesion": "mask"}
 
 
