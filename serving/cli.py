@@ -16,14 +16,16 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
-from serving.config import DEFAULT_FORMATS, FORWARD_KINDS, ConfigError, ListenConfig, WatchConfig
+from serving.config import FORWARD_KINDS, ConfigError, ListenConfig, WatchConfig
 from serving.logs import LogLevel, setup_logging
 from triage.cli.options import Device, option_sets
+from triage.outputs.formats import HELP as FORMATS_HELP
+from triage.outputs.formats import SERVICE_DEFAULT, format_option
 
 if TYPE_CHECKING:
     from serving.config import InputPolicy, ServiceConfig
 
-FORMATS_DEFAULT = ",".join(sorted(DEFAULT_FORMATS))
+FORMATS_DEFAULT = format_option(SERVICE_DEFAULT)
 KINDS_DEFAULT = ",".join(FORWARD_KINDS)
 PANEL = "Services"
 
@@ -46,12 +48,14 @@ class ServiceOptions:
         float,
         typer.Option(min=0.0, help="A study is complete when none of its files changed for this long (s)."),
     ] = 10.0
-    formats: Annotated[str, typer.Option("--format", help="Comma-separated outputs: png, seg, sc, sr.")] = (
-        FORMATS_DEFAULT
-    )
+    formats: Annotated[str, typer.Option("--format", help=FORMATS_HELP)] = FORMATS_DEFAULT
     batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 8
     device: Annotated[Device, typer.Option(help="Where the models run.")] = "auto"
     threads: Annotated[int, typer.Option(min=0, help="ONNX Runtime threads; 0 = the cores available.")] = 0
+    read_workers: Annotated[
+        int, typer.Option(min=0, help="DICOM decode/preprocess threads; 0 = automatic.")
+    ] = 0
+    write_workers: Annotated[int, typer.Option(min=0, help="Output-writing threads; 0 = automatic.")] = 0
     any_modality: Annotated[
         bool, typer.Option(help="Accept modalities other than CR / DX for presentation.")
     ] = False
@@ -107,8 +111,10 @@ class ServiceOptions:
         from serving.config import Destination, ServiceConfig
 
         values = asdict(self)
-        for key in ("model", "formats", "forward_kinds", "forward", "threads", "log_level", "log_file"):
+        for key in ("model", "formats", "forward_kinds", "forward", "log_level", "log_file"):
             values.pop(key)
+        for key in ("threads", "read_workers", "write_workers"):
+            values[key] = values[key] or None  # 0 = automatic
         try:
             return ServiceConfig(
                 bundle=self.model,
@@ -116,7 +122,6 @@ class ServiceOptions:
                 once=once,
                 formats=_split(self.formats),
                 forward_kinds=_split(self.forward_kinds),
-                threads=self.threads or None,
                 forward=Destination.parse(self.forward) if self.forward else None,
                 **values,
             )

@@ -14,6 +14,8 @@ import typer
 from triage import __version__
 from triage.cli.options import Device, fail
 from triage.cli.plugins import CommandTree
+from triage.outputs.formats import HELP as FORMATS_HELP
+from triage.outputs.formats import PREDICT_DEFAULT, format_option
 
 Compression = Literal["none", "rle", "j2k"]
 Variant = Literal["auto", "fp32", "int8", "tensorrt-fp16", "tensorrt-int8"]
@@ -154,12 +156,8 @@ def predict(
     saliency: Annotated[bool, typer.Option(help="Saliency (CAM, and the saliency model if any).")] = True,
     output_format: Annotated[
         str,
-        typer.Option(
-            "--format",
-            help="Comma-separated outputs: png, seg, sc, sr, saliency (the saliency model's map as a "
-            "DICOM Secondary Capture; only with a bundle that has one).",
-        ),
-    ] = "png,seg,sc,saliency",
+        typer.Option("--format", help=FORMATS_HELP),
+    ] = format_option(PREDICT_DEFAULT),
     batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 8,
     device: Annotated[Device, typer.Option(help="Where the models run.")] = "auto",
     threads: Annotated[int, typer.Option(min=0, help="ONNX Runtime threads; 0 = the cores available.")] = 0,
@@ -177,13 +175,13 @@ def predict(
     from triage.cascade.predict import PredictOptions
     from triage.cli.predict_cmd import run_predict
     from triage.io.dicom import ReadPolicy
+    from triage.outputs.formats import parse_formats
 
-    formats = frozenset(f.strip() for f in output_format.split(",") if f.strip())
     try:
         options = PredictOptions(
             tta=tta,
             saliency=saliency,
-            formats=formats,
+            formats=parse_formats(output_format),
             batch_size=batch_size,
             policy=ReadPolicy(any_modality=any_modality),
             device=device,
