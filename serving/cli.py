@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal, NoReturn
 
 import typer
 
@@ -133,7 +133,7 @@ def _split(text: str) -> frozenset[str]:
     return frozenset(part.strip() for part in text.split(",") if part.strip())
 
 
-def _fail(command: str, message: str) -> typer.Exit:
+def _fail(command: str, message: str) -> NoReturn:
     typer.echo(f"triage {command}: error: {message}", err=True)
     raise typer.Exit(2)
 
@@ -175,7 +175,10 @@ def watch(
     ] = "keep",
     once: Annotated[bool, typer.Option(help="Exit once everything present has been processed.")] = False,
 ) -> None:
-    """Folder watcher service: triage each study once it is complete (quiet period); keep running."""
+    """Folder watcher service: triage each complete study.
+
+    A study is complete when none of its files changed for --quiet-seconds; runs until stopped (or --once).
+    """
     service = options.service_config("watch", inputs, once)
     config = WatchConfig(folder, poll=poll, poll_interval=poll_interval, rescan_seconds=rescan_seconds)
     try:
@@ -211,7 +214,10 @@ def listen(
         typer.Option(help="After a study is done, its received images are kept (in OUT/spool) or deleted."),
     ] = "delete",
 ) -> None:
-    """DICOM listener service (storage SCP): triage CR/DX studies sent to it; forward results to a PACS."""
+    """DICOM listener service: triage the studies sent to it.
+
+    A storage SCP for CR/DX studies; the results can be forwarded to a PACS (--forward).
+    """
     service = options.service_config("listen", inputs)
     allowed = tuple(a.strip() for a in (allow_ae or "").split(",") if a.strip())
     config = ListenConfig(host=host, port=port, allow_ae=allowed, allow_any_ae=allow_any_ae)
@@ -239,7 +245,10 @@ def jobs(
         bool, typer.Option(help="Put failed study versions back in the queue.")
     ] = False,
 ) -> None:
-    """Job store of a watch / listen service: study versions by state, failures; re-queue failed ones."""
+    """Show a service's job store; re-queue failed studies.
+
+    Study versions by state and the recent failures of a watch / listen service.
+    """
     from serving.jobs_cmd import show_jobs
 
     path = db or out / "jobs.sqlite3"

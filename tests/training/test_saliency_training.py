@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import training.saliency.terms  # noqa: F401  (registers the terms)
 from training.config import resolve
 from training.run import RunRequest, train
 from training.saliency.targets import TargetError

@@ -92,7 +92,11 @@ def synth(
     ] = None,
     force: Annotated[bool, typer.Option(help="Replace an earlier synthetic set in OUT.")] = False,
 ) -> None:
-    """Synthesize chest-radiograph studies (DICOM, masks, labels) from a procedural phantom."""
+    """Synthesize chest-radiograph studies from a phantom.
+
+    A procedural phantom writes DICOM images, pneumothorax and lung masks, reading heatmaps and labels in
+    the SIIM-ACR layout.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from triage.synth.config import ConfigError, PhantomConfig
@@ -138,7 +142,10 @@ def contact_sheet_cmd(
     tile: Annotated[int, typer.Option(min=64, help="Tile side in pixels.")] = 320,
     outline: Annotated[bool, typer.Option(help="Outline the pneumothorax masks.")] = True,
 ) -> None:
-    """Render a PNG grid of a synthetic set's images, with pneumothorax outlines."""
+    """Render a PNG grid of a synthetic set's images.
+
+    The pneumothorax masks are outlined (--no-outline: plain images).
+    """
     from triage.synth.contact_sheet import render_contact_sheet
 
     if not (data / "metadata.csv").exists():
@@ -171,7 +178,10 @@ def predict(
     any_modality: Annotated[bool, typer.Option(help="Accept modalities other than CR / DX.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue a batch in OUT, skipping finished inputs.")] = False,
 ) -> None:
-    """Triage chest radiographs: gate, segment, threshold, saliency; results.jsonl, worklist.csv, DICOM."""
+    """Triage chest radiographs with a model bundle.
+
+    Gate, segment, threshold, saliency; writes results.jsonl, worklist.csv and the DICOM outputs.
+    """
     from triage.cascade.predict import PredictOptions
     from triage.cli.predict_cmd import run_predict
     from triage.io.dicom import ReadPolicy
@@ -232,8 +242,11 @@ def evaluate(
                           "and delta Dice (docs/saliency.md)."),
     ] = False,
 ) -> None:
-    """Measure a bundle or runs on labelled data: Dice per image, Dice, IoU, AUC with bootstrap intervals,
-    sensitivity/specificity at the gate, results per stratum, ROC, threshold surface, best/worst overlays."""
+    """Measure a bundle or training runs on labelled data.
+
+    Dice per image, Dice, IoU and AUC with bootstrap intervals, sensitivity and specificity at the gate,
+    results per stratum, ROC, the threshold surface and best/worst overlays.
+    """
     from triage.cli.evaluate_cmd import run_evaluate
     from triage.evaluation.context import EvalOptions
     from triage.evaluation.sections import DEFAULT_SECTIONS
