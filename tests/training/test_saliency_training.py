@@ -131,7 +131,10 @@ def test_cli_flags_and_their_errors(data: Path, cache: Path, tmp_path: Path) -> 
         "--heatmap-loss",
         "occlusion",
     )
-    assert bad_method.returncode == 2 and "--heatmap-loss must be one of" in bad_method.stderr
+    assert bad_method.returncode == 2 and bad_method.stderr.strip().splitlines() == [
+        "triage train classifier: error: Invalid value for '--heatmap-loss': 'occlusion' is not one of "
+        "'hirescam', 'gradcam'. (see triage train classifier --help)"
+    ]
     seg = _cli(
         "train",
         "segmenter",
