@@ -82,3 +82,16 @@ def test_a_batch_of_bombs_stays_under_2_gb_and_records_each_input_once(tmp_path:
     assert Counter(Path(r["input"]).name for r in records) == Counter([*BOMBS, "good.dcm"])
     codes = {Path(r["input"]).name: r["error_code"] for r in records}
     assert codes == {**{name: "too_large" for name in BOMBS}, "good.dcm": None}
+
+
+def test_the_commands_default_to_the_reader_limit() -> None:
+    """The CLIs spell the default out (importing the reader would slow `triage --help`): keep them equal."""
+    import dataclasses
+    import inspect
+
+    from serving.cli import ServiceOptions
+    from triage.cli.main import predict
+
+    assert inspect.signature(predict).parameters["max_pixels"].default == DEFAULT_MAX_PIXELS
+    fields = {f.name: f.default for f in dataclasses.fields(ServiceOptions)}
+    assert fields["max_pixels"] == DEFAULT_MAX_PIXELS
