@@ -61,7 +61,8 @@ $(VENV)/.installed-: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 
 # dcmtk (dcmdump, storescu, echoscu, dcmcjpeg, ...), dicom3tools (dciodvfy), openjph-tools (ojph_compress:
 # an independent HTJ2K encoder) and orthanc (the PACS of the service tests) are used by the DICOM
-# interoperability tests. apt-get must not start the orthanc system service: if no policy-rc.d forbids it
+# interoperability tests; orthanc-dicomweb (its DICOMweb plugin: STOW-RS / QIDO-RS / WADO-RS) is used by the
+# DICOMweb tests. apt-get must not start the orthanc system service: if no policy-rc.d forbids it
 # (Docker's Debian images ship one), one is put in place for the install and removed again.
 dcmtk:
 	@pkgs=""; \
@@ -69,6 +70,7 @@ dcmtk:
 	command -v dciodvfy >/dev/null 2>&1 || pkgs="$$pkgs dicom3tools"; \
 	command -v ojph_compress >/dev/null 2>&1 || pkgs="$$pkgs openjph-tools"; \
 	command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ] || pkgs="$$pkgs orthanc"; \
+	[ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || pkgs="$$pkgs orthanc-dicomweb"; \
 	if [ -n "$$pkgs" ]; then \
 	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	        echo "installing Debian package(s)$$pkgs for the interoperability tests"; \

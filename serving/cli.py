@@ -75,6 +75,35 @@ Webhook = Annotated[
 ]
 ActionAttempts = Annotated[int, typer.Option(help="Attempts per on-positive command / webhook.")]
 WorklistHours = Annotated[float, typer.Option(help="worklist.csv lists studies finished in this many hours.")]
+ForwardStow = Annotated[
+    str | None,
+    typer.Option(help="STOW-RS results to this DICOMweb base URL (e.g. http://pacs:8042/dicom-web)."),
+]
+StowAuthFile = Annotated[
+    Path | None,
+    typer.Option(envvar="TRIAGE_STOW_AUTH_FILE", help="File with 'Bearer TOKEN' or 'Basic USER:PASSWORD'."),
+]
+StowAuthEnv = Annotated[
+    str | None, typer.Option(help="Name of an environment variable holding the STOW-RS credentials.")
+]
+Hl7 = Annotated[str | None, typer.Option(help="HL7 v2 ORU^R01 over MLLP per positive study to HOST:PORT.")]
+Fhir = Annotated[
+    str | None, typer.Option(help="FHIR R4 DiagnosticReport + Observation per positive study: base URL.")
+]
+FhirAuthFile = Annotated[
+    Path | None,
+    typer.Option(envvar="TRIAGE_FHIR_AUTH_FILE", help="File with the FHIR server's credentials."),
+]
+FhirAuthEnv = Annotated[str | None, typer.Option(help="Environment variable holding the FHIR credentials.")]
+TlsCert = Annotated[
+    Path | None, typer.Option(envvar="TRIAGE_TLS_CERT", help="DICOM TLS: our certificate (PEM).")
+]
+TlsKey = Annotated[
+    Path | None, typer.Option(envvar="TRIAGE_TLS_KEY", help="DICOM TLS: our private key (PEM).")
+]
+TlsCa = Annotated[
+    Path | None, typer.Option(envvar="TRIAGE_TLS_CA", help="DICOM TLS: CA that peers' certificates chain to.")
+]
 LogLevel = Annotated[str, typer.Option(help="debug, info, warning or error.")]
 LogFile = Annotated[Path | None, typer.Option(help="Also write the JSON-lines log to this file.")]
 Once = Annotated[bool, typer.Option(help="Exit once everything present has been processed.")]
@@ -89,6 +118,12 @@ def _service_config(command: str, **values: object) -> ServiceConfig:
     formats = frozenset(f.strip() for f in str(values.pop("formats")).split(",") if f.strip())
     kinds = frozenset(k.strip() for k in str(values.pop("forward_kinds")).split(",") if k.strip())
     forward = values.pop("forward")
+    from serving.config import TlsSettings
+    from triage.io.dicomweb import AuthSource
+
+    values["stow_auth"] = AuthSource(values.pop("stow_auth_file"), values.pop("stow_auth_env"))  # type: ignore[arg-type]
+    values["fhir_auth"] = AuthSource(values.pop("fhir_auth_file"), values.pop("fhir_auth_env"))  # type: ignore[arg-type]
+    values["tls"] = TlsSettings(values.pop("tls_cert"), values.pop("tls_key"), values.pop("tls_ca"))  # type: ignore[arg-type]
     threads = int(values.pop("threads"))  # type: ignore[call-overload]
     if threads < 0:
         _fail(command, f"--threads must be 0 (auto) or positive, got {threads}")
@@ -166,6 +201,16 @@ def watch(
     on_positive: OnPositive = None,
     webhook: Webhook = None,
     action_attempts: ActionAttempts = 10,
+    forward_stow: ForwardStow = None,
+    stow_auth_file: StowAuthFile = None,
+    stow_auth_env: StowAuthEnv = None,
+    on_positive_hl7: Hl7 = None,
+    on_positive_fhir: Fhir = None,
+    fhir_auth_file: FhirAuthFile = None,
+    fhir_auth_env: FhirAuthEnv = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    tls_ca: TlsCa = None,
     worklist_hours: WorklistHours = 72.0,
     once: Once = False,
     log_level: LogLevel = "info",
@@ -197,6 +242,16 @@ def watch(
         on_positive=on_positive,
         webhook=webhook,
         action_attempts=action_attempts,
+        forward_stow=forward_stow,
+        stow_auth_file=stow_auth_file,
+        stow_auth_env=stow_auth_env,
+        on_positive_hl7=on_positive_hl7,
+        on_positive_fhir=on_positive_fhir,
+        fhir_auth_file=fhir_auth_file,
+        fhir_auth_env=fhir_auth_env,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_ca=tls_ca,
         worklist_hours=worklist_hours,
         once=once,
     )
@@ -253,6 +308,16 @@ def listen(
     on_positive: OnPositive = None,
     webhook: Webhook = None,
     action_attempts: ActionAttempts = 10,
+    forward_stow: ForwardStow = None,
+    stow_auth_file: StowAuthFile = None,
+    stow_auth_env: StowAuthEnv = None,
+    on_positive_hl7: Hl7 = None,
+    on_positive_fhir: Fhir = None,
+    fhir_auth_file: FhirAuthFile = None,
+    fhir_auth_env: FhirAuthEnv = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    tls_ca: TlsCa = None,
     worklist_hours: WorklistHours = 72.0,
     log_level: LogLevel = "info",
     log_file: LogFile = None,
@@ -283,6 +348,16 @@ def listen(
         on_positive=on_positive,
         webhook=webhook,
         action_attempts=action_attempts,
+        forward_stow=forward_stow,
+        stow_auth_file=stow_auth_file,
+        stow_auth_env=stow_auth_env,
+        on_positive_hl7=on_positive_hl7,
+        on_positive_fhir=on_positive_fhir,
+        fhir_auth_file=fhir_auth_file,
+        fhir_auth_env=fhir_auth_env,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_ca=tls_ca,
         worklist_hours=worklist_hours,
     )
     allowed = tuple(a.strip() for a in (allow_ae or "").split(",") if a.strip())
@@ -298,6 +373,131 @@ def listen(
         return DicomSource(config, service, store, metrics)  # type: ignore[arg-type]
 
     raise typer.Exit(_run("listen", service, make_source, (service.out / "spool",), log_level, log_file))
+
+
+@app.command()
+def poll(
+    url: Annotated[str, typer.Argument(help="DICOMweb base URL to poll (QIDO-RS / WADO-RS).")],
+    out: Out,
+    model: Model,
+    poll_interval: Annotated[float, typer.Option(help="Seconds between polls.")] = 30.0,
+    since: Annotated[
+        str | None,
+        typer.Option(help="Studies from this StudyDate (YYYY-MM-DD) on; default today - lookback."),
+    ] = None,
+    lookback_days: Annotated[int, typer.Option(help="Without --since: studies of the last N days.")] = 1,
+    modality: Annotated[
+        str, typer.Option(help="Modalities in study to ask for (comma-separated).")
+    ] = "CR,DX",
+    auth_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="TRIAGE_DICOMWEB_AUTH_FILE", help="File with 'Bearer TOKEN' or 'Basic USER:PASSWORD'."
+        ),
+    ] = None,
+    auth_env: Annotated[
+        str | None, typer.Option(help="Environment variable holding the DICOMweb credentials.")
+    ] = None,
+    ae_title: AeTitle = "TRIAGE",
+    quiet_seconds: Quiet = 10.0,
+    inputs: Annotated[
+        str,
+        typer.Option(help="After a study is done, its received images are: keep (in OUT/spool) or delete."),
+    ] = "delete",
+    formats: Formats = FORMATS_DEFAULT,
+    batch_size: BatchSize = 8,
+    device: DeviceOpt = "auto",
+    threads: Threads = 0,
+    any_modality: AnyModality = False,
+    db: Db = None,
+    http_host: HttpHost = "127.0.0.1",
+    http_port: HttpPort = 9120,
+    min_free_mb: MinFree = 1024.0,
+    max_attempts: MaxAttempts = 8,
+    retry_base: RetryBase = 5.0,
+    retry_max: RetryMax = 600.0,
+    forward: Forward = None,
+    forward_kinds: ForwardKinds = KINDS_DEFAULT,
+    forward_max_rejections: ForwardRejections = 10,
+    on_positive: OnPositive = None,
+    webhook: Webhook = None,
+    action_attempts: ActionAttempts = 10,
+    forward_stow: ForwardStow = None,
+    stow_auth_file: StowAuthFile = None,
+    stow_auth_env: StowAuthEnv = None,
+    on_positive_hl7: Hl7 = None,
+    on_positive_fhir: Fhir = None,
+    fhir_auth_file: FhirAuthFile = None,
+    fhir_auth_env: FhirAuthEnv = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    tls_ca: TlsCa = None,
+    worklist_hours: WorklistHours = 72.0,
+    once: Once = False,
+    log_level: LogLevel = "info",
+    log_file: LogFile = None,
+) -> None:
+    """Poll a DICOMweb server (QIDO-RS, WADO-RS) for new CR/DX studies; triage each once."""
+    service = _service_config(
+        "poll",
+        out=out,
+        bundle=model,
+        quiet_seconds=quiet_seconds,
+        inputs=inputs,
+        formats=formats,
+        batch_size=batch_size,
+        device=device,
+        threads=threads,
+        any_modality=any_modality,
+        db=db,
+        http_host=http_host,
+        http_port=http_port,
+        min_free_mb=min_free_mb,
+        max_attempts=max_attempts,
+        retry_base=retry_base,
+        retry_max=retry_max,
+        ae_title=ae_title,
+        forward=forward,
+        forward_kinds=forward_kinds,
+        forward_max_rejections=forward_max_rejections,
+        on_positive=on_positive,
+        webhook=webhook,
+        action_attempts=action_attempts,
+        forward_stow=forward_stow,
+        stow_auth_file=stow_auth_file,
+        stow_auth_env=stow_auth_env,
+        on_positive_hl7=on_positive_hl7,
+        on_positive_fhir=on_positive_fhir,
+        fhir_auth_file=fhir_auth_file,
+        fhir_auth_env=fhir_auth_env,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_ca=tls_ca,
+        once=once,
+        worklist_hours=worklist_hours,
+    )
+    from datetime import date
+
+    from serving.poll import PollConfig
+    from triage.io.dicomweb import AuthSource
+
+    try:
+        start = date.fromisoformat(since) if since else None
+    except ValueError:
+        _fail("poll", f"--since {since!r} must be a date YYYY-MM-DD")
+    modalities = tuple(m.strip().upper() for m in modality.split(",") if m.strip())
+    config = PollConfig(url, poll_interval, start, lookback_days, modalities, AuthSource(auth_file, auth_env))
+    try:
+        config.check(service)
+    except ConfigError as exc:
+        _fail("poll", str(exc))
+
+    def make_source(store: object, metrics: object) -> object:
+        from serving.poll import PollSource
+
+        return PollSource(config, service, store, metrics)  # type: ignore[arg-type]
+
+    raise typer.Exit(_run("poll", service, make_source, (service.out / "spool",), log_level, log_file))
 
 
 @app.command()

@@ -249,6 +249,19 @@ end
 """
 
 
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+
+def dicomweb_plugin() -> str:
+    """Orthanc's DICOMweb plugin (Debian package orthanc-dicomweb); skips (fails in CI) without it."""
+    if not DICOMWEB_PLUGIN.exists():
+        message = f"{DICOMWEB_PLUGIN} not found; install Debian package orthanc-dicomweb (make dcmtk does)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return str(DICOMWEB_PLUGIN)
+
+
 class Orthanc:
     """The PACS: Orthanc with its storage in ``root``, DICOM and HTTP on free loopback ports.
 
@@ -257,8 +270,9 @@ class Orthanc:
     each object was delivered exactly once.
     """
 
-    def __init__(self, root: Path, ae_title: str = "PACS") -> None:
+    def __init__(self, root: Path, ae_title: str = "PACS", dicomweb: bool = False) -> None:
         self.binary = require_tool("Orthanc", "orthanc")
+        plugins = [dicomweb_plugin()] if dicomweb else []
         self.root = root
         self.ae_title = ae_title
         self.dicom_port = free_port()
@@ -276,7 +290,8 @@ class Orthanc:
             "HttpPort": self.http_port,
             "RemoteAccessAllowed": False,
             "AuthenticationEnabled": False,
-            "Plugins": [],
+            "Plugins": plugins,
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": False, "Host": "127.0.0.1"},
             "DicomAlwaysAllowStore": True,
             "DicomCheckCalledAet": True,
             "OverwriteInstances": True,
@@ -287,6 +302,10 @@ class Orthanc:
             "ConcurrentJobs": 1,
         }
         (root / "orthanc.json").write_text(json.dumps(config, indent=1))
+
+    @property
+    def dicomweb_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}/dicom-web"
 
     @property
     def destination(self) -> str:

@@ -161,9 +161,11 @@ def folds(
 
 @app.command()
 def predict(
-    paths: Annotated[list[str], typer.Argument(help="DICOM files, folders (recursive) or globs.")],
     model: Annotated[Path, typer.Option("--model", "-m", help="Model bundle folder (card.json + models).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    paths: Annotated[
+        list[str] | None, typer.Argument(help="DICOM files, folders (recursive) or globs.")
+    ] = None,
     tta: Annotated[bool, typer.Option(help="Test-time augmentation as the bundle's card lists.")] = True,
     saliency: Annotated[bool, typer.Option(help="Saliency (CAM, and the saliency model if any).")] = True,
     output_format: Annotated[
@@ -184,6 +186,29 @@ def predict(
     ] = "auto",
     any_modality: Annotated[bool, typer.Option(help="Accept modalities other than CR / DX.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue a batch in OUT, skipping finished inputs.")] = False,
+    dicomweb: Annotated[
+        str | None, typer.Option(help="Retrieve the inputs from this DICOMweb base URL (WADO-RS).")
+    ] = None,
+    study: Annotated[
+        list[str] | None, typer.Option(help="With --dicomweb: a StudyInstanceUID (repeat).")
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(help="With --dicomweb: studies from this StudyDate (YYYY-MM-DD) on (QIDO-RS)."),
+    ] = None,
+    modality: Annotated[str, typer.Option(help="With --dicomweb --since: modalities in study.")] = "CR,DX",
+    dicomweb_auth_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="TRIAGE_DICOMWEB_AUTH_FILE", help="File with 'Bearer TOKEN' or 'Basic USER:PASSWORD'."
+        ),
+    ] = None,
+    dicomweb_auth_env: Annotated[
+        str | None, typer.Option(help="Environment variable holding the DICOMweb credentials.")
+    ] = None,
+    dicomweb_cache: Annotated[
+        Path | None, typer.Option(help="Keep retrieved instances here (default: a temporary folder).")
+    ] = None,
 ) -> None:
     """Triage chest radiographs: gate, segment, threshold, saliency; results.jsonl, worklist.csv, DICOM."""
     from triage.cascade.predict import PredictOptions
@@ -216,7 +241,28 @@ def predict(
         )
     except ValueError as exc:
         fail("predict", str(exc))
-    raise typer.Exit(run_predict(paths, model, out, options))
+    if dicomweb is None:
+        if study or since:
+            fail("predict", "--study and --since need --dicomweb URL")
+        if not paths:
+            fail("predict", "give DICOM files, folders or globs, or --dicomweb URL --study UID")
+        raise typer.Exit(run_predict(list(paths or []), model, out, options))
+    from triage.cli.dicomweb_input import predict_dicomweb
+
+    raise typer.Exit(
+        predict_dicomweb(
+            dicomweb,
+            study or [],
+            since,
+            modality,
+            (dicomweb_auth_file, dicomweb_auth_env),
+            dicomweb_cache,
+            list(paths or []),
+            model,
+            out,
+            options,
+        )
+    )
 
 
 @app.command("export")
@@ -337,6 +383,12 @@ def listen(ctx: typer.Context) -> None:
 
 
 @app.command(**_FORWARD_ARGS)  # type: ignore[arg-type]
+def poll(ctx: typer.Context) -> None:
+    """DICOMweb poller service: triage new CR/DX studies of a DICOMweb server once each (--help)."""
+    _serving("poll", ctx.args)
+
+
+@app.command(**_FORWARD_ARGS)  # type: ignore[arg-type]
 def jobs(ctx: typer.Context) -> None:
     """Job store of a watch / listen service: states, failures, re-queue (--help for options)."""
     _serving("jobs", ctx.args)
@@ -365,8 +417,11 @@ app.command("shortcut-experiment")(shortcut_command)
 def evaluate(
     model: Annotated[
         list[Path],
-        typer.Option("--model", "-m", help="A bundle, or training runs: a classifier run and/or a "
-                                           "segmenter/baseline run."),
+        typer.Option(
+            "--model",
+            "-m",
+            help="A bundle, or training runs: a classifier run and/or a segmenter/baseline run.",
+        ),
     ],
     data: Annotated[Path, typer.Option(help="Labelled data: SIIM-ACR layout or folder format.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Report folder (report.md, report.json, PNGs).")],
@@ -389,8 +444,10 @@ def evaluate(
     ] = False,
     corruptions: Annotated[
         bool,
-        typer.Option(help="Add the corruption-robustness section: 5 corruptions x 5 severities, delta AUC "
-                          "and delta Dice (docs/saliency.md)."),
+        typer.Option(
+            help="Add the corruption-robustness section: 5 corruptions x 5 severities, delta AUC "
+            "and delta Dice (docs/saliency.md)."
+        ),
     ] = False,
 ) -> None:
     """Measure a bundle or runs on labelled data: Dice per image, Dice, IoU, AUC with bootstrap intervals,

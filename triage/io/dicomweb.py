@@ -31,6 +31,8 @@ from triage.outputs.paths import validated_uid
 
 INSTALL_HINT = "DICOMweb needs the dicomweb extra: pip install 'triage[dicomweb]'"
 DEFAULT_TIMEOUT = 60.0
+PAGE = 500
+MAX_PAGES = 200
 _SCHEMES = ("Bearer", "Basic")
 _TRANSIENT_HTTP = frozenset({401, 408, 425, 429})
 
@@ -184,6 +186,18 @@ def _value(item: dict[str, Any], tag: str) -> str | None:
     return str(values[0]) if values else None
 
 
+def _paged(search: Any, **kwargs: Any) -> list[dict[str, Any]]:
+    """Every match of a QIDO-RS search, PAGE at a time (limit / offset; at most MAX_PAGES pages).
+    dicomweb-client's own ``get_remaining`` never ends against servers that ignore ``offset``."""
+    items: list[dict[str, Any]] = []
+    for page in range(MAX_PAGES):
+        batch = list(search(limit=PAGE, offset=page * PAGE, **kwargs))
+        items.extend(batch)
+        if len(batch) < PAGE:
+            break
+    return items
+
+
 def search_studies(client: Any, since: date | None = None, modalities: Sequence[str] = ()) -> list[StudyRef]:
     """Studies with ``StudyDate >= since`` and any of ``modalities`` (QIDO-RS, one search per modality),
     sorted by StudyInstanceUID."""
@@ -197,8 +211,10 @@ def search_studies(client: Any, since: date | None = None, modalities: Sequence[
         if modality:
             filters["ModalitiesInStudy"] = modality
         try:
-            items = client.search_for_studies(
-                search_filters=filters, fields=["NumberOfStudyRelatedInstances"], get_remaining=True
+            items = _paged(
+                client.search_for_studies,
+                search_filters=filters,
+                fields=["NumberOfStudyRelatedInstances"],
             )
         except Exception as exc:
             raise classify(exc, "QIDO-RS search for studies") from exc
@@ -213,7 +229,7 @@ def search_studies(client: Any, since: date | None = None, modalities: Sequence[
 def search_instances(client: Any, study_uid: str) -> list[InstanceRef]:
     """The instances of one study (QIDO-RS), sorted; UIDs that are not valid DICOM UIDs are skipped."""
     try:
-        items = client.search_for_instances(study_instance_uid=study_uid, get_remaining=True)
+        items = _paged(client.search_for_instances, study_instance_uid=study_uid)
     except Exception as exc:
         raise classify(exc, f"QIDO-RS search for the instances of study {study_uid}") from exc
     refs = set()
