@@ -7,6 +7,7 @@ CI (env CI set), like tests/triage/test_outputs_dicom.py.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -270,9 +272,12 @@ class Orthanc:
     each object was delivered exactly once.
     """
 
-    def __init__(self, root: Path, ae_title: str = "PACS", dicomweb: bool = False) -> None:
+    def __init__(
+        self, root: Path, ae_title: str = "PACS", dicomweb: bool = False, users: dict[str, str] | None = None
+    ) -> None:
         self.binary = require_tool("Orthanc", "orthanc")
         plugins = [dicomweb_plugin()] if dicomweb else []
+        self.users = dict(users or {})
         self.root = root
         self.ae_title = ae_title
         self.dicom_port = free_port()
@@ -289,7 +294,8 @@ class Orthanc:
             "DicomPort": self.dicom_port,
             "HttpPort": self.http_port,
             "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
+            "AuthenticationEnabled": bool(self.users),
+            "RegisteredUsers": self.users,
             "Plugins": plugins,
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": False, "Host": "127.0.0.1"},
             "DicomAlwaysAllowStore": True,
@@ -324,7 +330,8 @@ class Orthanc:
         if self.proc.poll() is not None:
             raise AssertionError(f"Orthanc exited: {(self.root / 'orthanc.log').read_text()[-2000:]}")
         try:
-            return http_get(f"http://127.0.0.1:{self.http_port}/system", timeout=1)[0] == 200
+            with urllib.request.urlopen(self._request("/system"), timeout=1) as response:
+                return int(response.status) == 200
         except OSError:
             return False
 
@@ -338,10 +345,23 @@ class Orthanc:
                 self.proc.wait()
         self.proc = None
 
+    def _request(self, path: str, data: bytes | None = None) -> urllib.request.Request:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=data)
+        if self.users:
+            user, password = next(iter(self.users.items()))
+            token = base64.b64encode(f"{user}:{password}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        return request
+
     def rest(self, path: str) -> Any:
-        status, body = http_get(f"http://127.0.0.1:{self.http_port}{path}")
-        assert status == 200, (path, status, body[:200])
-        return json.loads(body)
+        with urllib.request.urlopen(self._request(path), timeout=30) as response:
+            return json.loads(response.read())
+
+    def upload(self, files: Iterable[Path]) -> None:
+        """Store ``files`` through the REST API (POST /instances), as a modality would have."""
+        for path in files:
+            with urllib.request.urlopen(self._request("/instances", path.read_bytes()), timeout=30) as answer:
+                assert answer.status == 200, (path, answer.status)
 
     def sop_uids(self) -> list[str]:
         """SOPInstanceUIDs of every instance stored."""
