@@ -145,6 +145,16 @@ def query(db: Path, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]
         con.close()
 
 
+def query_if_ready(db: Path, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    """``query``, or no rows while the service has not created the store (or the table) yet."""
+    if not db.exists():
+        return []
+    try:
+        return query(db, sql, args)
+    except sqlite3.OperationalError:
+        return []
+
+
 def job_states(db: Path) -> dict[str, int]:
     if not db.exists():
         return {}

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 from collections import Counter
@@ -31,6 +30,7 @@ from tests.serving.helpers import (
     ServiceProcess,
     job_states,
     query,
+    query_if_ready,
     results,
 )
 
@@ -60,12 +60,7 @@ def _study(path: Path) -> str:
 
 
 def _outbox(db: Path) -> dict[tuple[str, str], int]:
-    if not db.exists():
-        return {}
-    try:
-        rows = query(db, "SELECT dest, state, count(*) FROM outbox GROUP BY dest, state")
-    except sqlite3.OperationalError:  # not created yet
-        return {}
+    rows = query_if_ready(db, "SELECT dest, state, count(*) FROM outbox GROUP BY dest, state")
     return {(d, s): n for d, s, n in rows}
 
 
