@@ -65,14 +65,17 @@ def wait_until(
 class ServiceProcess:
     """`python -m triage.cli.main COMMAND ARGS` with its output in ``log``."""
 
-    def __init__(self, command: str, args: Sequence[str], log: Path) -> None:
+    def __init__(
+        self, command: str, args: Sequence[object], log: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.command = command
         self.args = [str(a) for a in args]
         self.log = log
+        self.env = dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ServiceProcess:
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **self.env}
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as fh:
             self.proc = subprocess.Popen(
