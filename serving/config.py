@@ -3,13 +3,14 @@ range, which the CLI prints as a one-line error (exit status 2)."""
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from triage.io.dicomweb import AuthSource, check_url
+from triage.io.dicomweb import INSTALL_HINT, AuthSource, check_url
 from triage.outputs.formats import SERVICE_DEFAULT, check_formats
 
 InputPolicy = Literal["keep", "move", "delete"]
@@ -87,6 +88,13 @@ class TlsSettings:
         for flag, path in (("--tls-cert", self.cert), ("--tls-key", self.key), ("--tls-ca", self.ca)):
             if path is not None and not Path(path).is_file():
                 raise ConfigError(f"{flag} {path} is not a readable file")
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # the parent package (fhir) is missing
+        return False
 
 
 def parse_host_port(text: str, flag: str) -> tuple[str, int]:
@@ -207,6 +215,13 @@ class ServiceConfig:
             raise ConfigError(str(exc)) from None
         if self.on_positive_hl7 is not None:
             parse_host_port(self.on_positive_hl7, "--on-positive-hl7")
+        for flag, value, module in (
+            ("--forward-stow", self.forward_stow, "dicomweb_client"),
+            ("--on-positive-hl7", self.on_positive_hl7, "hl7apy"),
+            ("--on-positive-fhir", self.on_positive_fhir, "fhir.resources"),
+        ):
+            if value is not None and not _installed(module):
+                raise ConfigError(f"{flag}: {INSTALL_HINT} ({module} is not installed)")
         self.tls.check()
 
     @property

@@ -29,7 +29,7 @@ from typing import Any
 from triage.errors import TriageError
 from triage.outputs.paths import validated_uid
 
-INSTALL_HINT = "DICOMweb needs the dicomweb extra: pip install 'triage[dicomweb]'"
+INSTALL_HINT = "needs the dicomweb extra (DICOMweb, HL7, FHIR): pip install 'triage[dicomweb]'"
 DEFAULT_TIMEOUT = 60.0
 PAGE = 500
 MAX_PAGES = 200
@@ -269,6 +269,9 @@ def retrieve_instance(client: Any, ref: InstanceRef, folder: Path) -> Path:
         raise classify(exc, what) from exc
     if not isinstance(ds, pydicom.Dataset) or str(ds.get("SOPInstanceUID", "")) != ref.sop_uid:
         raise DicomWebError(f"{what}: the server answered with a different or no instance", True)
+    missing = incomplete_pixels(ds)
+    if missing:
+        raise DicomWebError(f"{what}: truncated answer ({missing})", True)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".wado-", suffix=".tmp", dir=target.parent)
     try:
@@ -281,6 +284,34 @@ def retrieve_instance(client: Any, ref: InstanceRef, folder: Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return target
+
+
+_ITEM, _SEQUENCE_END = b"\xfe\xff\x00\xe0", b"\xfe\xff\xdd\xe0"
+
+
+def incomplete_pixels(ds: Any) -> str | None:
+    """Why the pixel data of ``ds`` is cut short, or None. pydicom reads a truncated body without a word
+    (a short PixelData value), so a retrieved instance is checked: an image (Rows) has PixelData; native
+    pixel data is as long as Rows x Columns x SamplesPerPixel x NumberOfFrames x BitsAllocated / 8;
+    encapsulated pixel data is whole items up to its end."""
+    if "PixelData" not in ds:
+        return "no pixel data" if "Rows" in ds else None
+    value = bytes(ds.PixelData)
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is not None and syntax.is_encapsulated:
+        offset = 0
+        while offset + 8 <= len(value) and value[offset : offset + 4] == _ITEM:
+            offset += 8 + int.from_bytes(value[offset + 4 : offset + 8], "little")
+        if offset == len(value) or value[offset:] == _SEQUENCE_END + bytes(4):
+            return None
+        return f"encapsulated pixel data ends inside an item ({len(value)} bytes)"
+    try:
+        frames = int(ds.get("NumberOfFrames") or 1)
+        expected = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel") or 1) * frames
+        expected = expected * int(ds.BitsAllocated) // 8
+    except (AttributeError, TypeError, ValueError):
+        return None  # the image's own reader names what is missing
+    return None if len(value) >= expected else f"pixel data {len(value)} of {expected} bytes"
 
 
 def fetch_studies(client: Any, study_uids: Iterable[str], folder: Path) -> tuple[list[Path], list[str]]:
