@@ -306,10 +306,10 @@ def poll(
     ] = "delete",
     once: Annotated[bool, typer.Option(help="Exit once everything found has been processed.")] = False,
 ) -> None:
-    """DICOMweb poller service: triage new studies of a DICOMweb server.
+    """DICOMweb poller: triage the new studies of a server.
 
-    Asks (QIDO-RS) for new CR/DX studies every --poll-interval, retrieves (WADO-RS) the images not taken
-    in yet, and triages each study once, as `triage listen` does with the studies sent to it.
+    Asks (QIDO-RS) for new CR/DX studies every --poll-interval, retrieves (WADO-RS) the images not taken in
+    yet, and triages each study once, as `triage listen` does with the studies sent to it.
     """
     from datetime import date
 

@@ -8,6 +8,7 @@ CI (env CI set), like tests/triage/test_outputs_dicom.py.
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
 import os
 import shutil
@@ -262,6 +263,29 @@ function OnStoredInstance(instanceId, tags, metadata, origin)
    f:close()
 end
 """
+
+
+def require_dicomweb_extra() -> None:
+    """The dicomweb extra (dicomweb-client, hl7apy, fhir.resources) and the `triage poll` entry point, as
+    `make test` installs them (pip install -e '.[dicomweb]'); at module level: skips the module (fails it
+    in CI) without them."""
+    from triage.cli.plugins import command_entry_points
+
+    missing = []
+    for module in ("dicomweb_client", "hl7apy", "fhir.resources"):
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ImportError:
+            found = False
+        if not found:
+            missing.append(module)
+    if "poll" not in command_entry_points():
+        missing.append("the entry point of `triage poll`")
+    if missing:
+        message = f"missing {', '.join(missing)}; pip install -e '.[dicomweb]' (make test does)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message, allow_module_level=True)
 
 
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")

@@ -31,10 +31,12 @@ from tests.serving.helpers import (
     job_states,
     query,
     query_if_ready,
+    require_dicomweb_extra,
     results,
 )
 
 pytestmark = pytest.mark.slow
+require_dicomweb_extra()
 
 USER, PASSWORD = "triage", "Zq7-secret-Wx"  # the password must never show in a log
 COMPARED_OUT = {"input", "timings_ms", "job", "version", "job_state"}

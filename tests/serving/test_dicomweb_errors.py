@@ -21,7 +21,7 @@ import pydicom
 import pytest
 
 from tests.serving.conftest import Studies
-from tests.serving.helpers import ROOT, ServiceProcess, query_if_ready
+from tests.serving.helpers import ROOT, ServiceProcess, query_if_ready, require_dicomweb_extra
 from triage.io.dicomweb import (
     AuthSource,
     DicomWebError,
@@ -32,6 +32,7 @@ from triage.io.dicomweb import (
     search_studies,
 )
 
+require_dicomweb_extra()
 TOKEN = "tok-4f1d9a-old"
 BOUNDARY = "triage-test-boundary"
 Answer = tuple[int, dict[str, str], bytes]

@@ -21,10 +21,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hl7apy.parser import parse_message
 
 from tests.serving.conftest import Studies
-from tests.serving.helpers import PHI, ROOT, ServiceProcess, query_if_ready, results, set_identity
+from tests.serving.helpers import (
+    PHI,
+    ROOT,
+    ServiceProcess,
+    query_if_ready,
+    require_dicomweb_extra,
+    results,
+    set_identity,
+)
+
+require_dicomweb_extra()
 
 pytestmark = pytest.mark.slow
 
@@ -62,6 +71,8 @@ class Mllp:
                     if not chunk:
                         break
                     data += chunk
+                from hl7apy.parser import parse_message
+
                 text = data[data.find(START) + 1 : data.find(END)].decode()
                 control = parse_message(text, find_groups=False).msh.msh_10.value
                 self.messages.append(text)
@@ -196,6 +207,8 @@ def test_hl7_and_fhir_notifications_reach_local_endpoints_once_per_positive_stud
     assert Counter(r[0] for r in rows) == {"hl7": len(positive), "fhir": len(positive)}
     assert {r[3] for r in rows} == set(positive)
     assert max(r[2] for r in rows if r[0] == "hl7") == 2 and max(r[2] for r in rows if r[0] == "fhir") == 2
+
+    from hl7apy.parser import parse_message
 
     # HL7: one message per study plus the retried first one, with its control id again
     parsed = [parse_message(m, find_groups=False) for m in mllp.messages]

@@ -50,7 +50,8 @@ def _imports_after(*args: str) -> set[str]:
 
 def test_the_entry_point_group_is_installed() -> None:
     names = set(command_entry_points())
-    expected = {"train", "experiment", "folds", "export", "export-saliency", "watch", "listen", "jobs"}
+    expected = {"train", "experiment", "folds", "export", "export-saliency", "watch", "listen", "poll"}
+    expected.add("jobs")
     assert expected <= names, f"the {GROUP} entry points are missing: reinstall (pip install -e .)"
 
 
@@ -76,7 +77,7 @@ def test_help_groups_every_command_in_its_panel_in_order() -> None:
     assert set(panels["Train"]) == {"train", "experiment", "shortcut-experiment"}
     assert set(panels["Export"]) == {"export", "export-saliency"}
     assert set(panels["Predict"]) == {"predict", "evaluate"}
-    assert set(panels["Services"]) == {"watch", "listen", "jobs"}
+    assert set(panels["Services"]) == {"watch", "listen", "poll", "jobs"}
 
 
 def test_every_short_help_is_one_sentence_that_fits_an_80_column_terminal() -> None:
