@@ -50,8 +50,10 @@ def _imports_after(*args: str) -> set[str]:
 
 def test_the_entry_point_group_is_installed() -> None:
     names = set(command_entry_points())
-    expected = {"train", "experiment", "folds", "export", "export-saliency", "watch", "listen", "poll"}
-    expected.add("jobs")
+    expected = {
+        *("train", "experiment", "folds", "export", "export-saliency"),
+        *("watch", "listen", "poll", "jobs"),
+    }
     assert expected <= names, f"the {GROUP} entry points are missing: reinstall (pip install -e .)"
 
 
