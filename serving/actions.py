@@ -143,6 +143,8 @@ class ActionRunner(Loop):
         from serving.notify_fhir import build_bundle, post_bundle
 
         found = finding(int(row["id"]), str(row["payload"]), self.config.out)
-        return post_bundle(
-            str(row["target"]), build_bundle(found), self.config.fhir_auth, f"triage-action-{row['id']}"
-        )
+        try:
+            bundle = build_bundle(found)
+        except ValueError as exc:  # pydantic's ValidationError: its text may quote the PatientID, so not kept
+            return f"FHIR: the resources fail validation ({type(exc).__name__})", True
+        return post_bundle(str(row["target"]), bundle, self.config.fhir_auth, f"triage-action-{row['id']}")
