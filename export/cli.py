@@ -2,27 +2,20 @@
 entry-point group (pyproject.toml): ``triage export`` and ``triage export-saliency``.
 
 This module imports only typer: the bodies (:mod:`export.commands`; torch, onnx) are imported when a
-command runs, so ``triage --help`` stays fast.
+command runs, so ``triage --help`` stays fast. Without the training extra the root answers with a one-line
+hint before it loads this module (triage/cli/plugins.py).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import typer
 
 from triage.cli.options import fail
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-
-
-def _bodies(command: str) -> Any:
-    try:
-        from export import commands
-    except ImportError as exc:
-        fail(command, f"needs the training extra: pip install 'triage[training]' ({exc})")
-    return commands
 
 
 @app.command("export", rich_help_panel="Export")
@@ -73,8 +66,9 @@ def export_bundle(
     ] = 0,
     force: Annotated[bool, typer.Option(help="Replace an existing --out / --triton folder.")] = False,
 ) -> None:
-    """Export trained runs to a parity-checked model bundle: ONNX (+ INT8, TensorRT), Triton.
+    """Export trained runs to a parity-checked model bundle.
 
+    ONNX (+ INT8 variants, TensorRT engines), optionally a Triton model repository.
     The classifier, the segmenter and an optional saliency run become one bundle; each model's ONNX
     graph is checked against the trained module on validation images.
     """
@@ -82,8 +76,9 @@ def export_bundle(
         fail("export", "--fp16 chooses the TensorRT precision: add --tensorrt")
     if fp16 and int8:
         fail("export", "--fp16 and --int8 exclude each other (TensorRT engines are FP16 or INT8)")
-    body = _bodies("export")
-    options = body.ExportOptions(
+    from export.commands import ExportOptions, run_export
+
+    options = ExportOptions(
         out=out,
         name=name,
         version=version,
@@ -102,7 +97,7 @@ def export_bundle(
         threads=threads or None,
         force=force,
     )
-    raise typer.Exit(body.run_export(runs, options))
+    raise typer.Exit(run_export(runs, options))
 
 
 @app.command("export-saliency", rich_help_panel="Export")
@@ -110,5 +105,10 @@ def export_saliency(
     run: Annotated[Path, typer.Option(help="A saliency run (triage train saliency).")],
     bundle: Annotated[Path, typer.Option(help="The model bundle to add it to (resealed).")],
 ) -> None:
-    """Add a saliency run to an existing bundle as its saliency model (models.saliency)."""
-    raise typer.Exit(_bodies("export-saliency").run_export_saliency(run, bundle))
+    """Add a saliency run to a bundle as its saliency model.
+
+    The bundle's card gains models.saliency and is resealed.
+    """
+    from export.commands import run_export_saliency
+
+    raise typer.Exit(run_export_saliency(run, bundle))

@@ -12,7 +12,6 @@ and the staging folder replaces the target only when every step passed.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shutil
 import subprocess
@@ -39,6 +38,7 @@ from training.torch_backend import TorchModel
 from triage.backends import Model
 from triage.bundle import CARD, TTA_CHOICES, Bundle, load_bundle
 from triage.cascade.models import CascadeModels
+from triage.system import usable_cores
 
 INT8_PAYS = 1.2  # INT8 becomes the CPU default of a model only if it is at least this much faster here
 
@@ -230,7 +230,7 @@ def add_int8(
     bundle = write_card(root, card)
     opts.on_step("parity check of the INT8 variants")
     judged = check_parity(bundle, reference, "int8", images, roles, opts.threads)
-    threads = opts.threads or len(os.sched_getaffinity(0))
+    threads = opts.threads or usable_cores()
     for role, figs in judged.items():
         entry = card["models"][role]
         variant = entry["variants"]["int8"]

@@ -12,18 +12,20 @@ from __future__ import annotations
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal, NoReturn
 
 import typer
 
-from serving.config import DEFAULT_FORMATS, FORWARD_KINDS, ConfigError, ListenConfig, WatchConfig
+from serving.config import FORWARD_KINDS, ConfigError, ListenConfig, WatchConfig
 from serving.logs import LogLevel, setup_logging
 from triage.cli.options import Device, option_sets
+from triage.outputs.formats import HELP as FORMATS_HELP
+from triage.outputs.formats import SERVICE_DEFAULT, format_option
 
 if TYPE_CHECKING:
     from serving.config import InputPolicy, ServiceConfig
 
-FORMATS_DEFAULT = ",".join(sorted(DEFAULT_FORMATS))
+FORMATS_DEFAULT = format_option(SERVICE_DEFAULT)
 KINDS_DEFAULT = ",".join(FORWARD_KINDS)
 PANEL = "Services"
 
@@ -46,12 +48,14 @@ class ServiceOptions:
         float,
         typer.Option(min=0.0, help="A study is complete when none of its files changed for this long (s)."),
     ] = 10.0
-    formats: Annotated[str, typer.Option("--format", help="Comma-separated outputs: png, seg, sc, sr.")] = (
-        FORMATS_DEFAULT
-    )
+    formats: Annotated[str, typer.Option("--format", help=FORMATS_HELP)] = FORMATS_DEFAULT
     batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 8
     device: Annotated[Device, typer.Option(help="Where the models run.")] = "auto"
     threads: Annotated[int, typer.Option(min=0, help="ONNX Runtime threads; 0 = the cores available.")] = 0
+    read_workers: Annotated[
+        int, typer.Option(min=0, help="DICOM decode/preprocess threads; 0 = automatic.")
+    ] = 0
+    write_workers: Annotated[int, typer.Option(min=0, help="Output-writing threads; 0 = automatic.")] = 0
     any_modality: Annotated[
         bool, typer.Option(help="Accept modalities other than CR / DX for presentation.")
     ] = False
@@ -107,8 +111,10 @@ class ServiceOptions:
         from serving.config import Destination, ServiceConfig
 
         values = asdict(self)
-        for key in ("model", "formats", "forward_kinds", "forward", "threads", "log_level", "log_file"):
+        for key in ("model", "formats", "forward_kinds", "forward", "log_level", "log_file"):
             values.pop(key)
+        for key in ("threads", "read_workers", "write_workers"):
+            values[key] = values[key] or None  # 0 = automatic
         try:
             return ServiceConfig(
                 bundle=self.model,
@@ -116,7 +122,6 @@ class ServiceOptions:
                 once=once,
                 formats=_split(self.formats),
                 forward_kinds=_split(self.forward_kinds),
-                threads=self.threads or None,
                 forward=Destination.parse(self.forward) if self.forward else None,
                 **values,
             )
@@ -128,7 +133,7 @@ def _split(text: str) -> frozenset[str]:
     return frozenset(part.strip() for part in text.split(",") if part.strip())
 
 
-def _fail(command: str, message: str) -> typer.Exit:
+def _fail(command: str, message: str) -> NoReturn:
     typer.echo(f"triage {command}: error: {message}", err=True)
     raise typer.Exit(2)
 
@@ -170,7 +175,10 @@ def watch(
     ] = "keep",
     once: Annotated[bool, typer.Option(help="Exit once everything present has been processed.")] = False,
 ) -> None:
-    """Folder watcher service: triage each study once it is complete (quiet period); keep running."""
+    """Folder watcher service: triage each complete study.
+
+    A study is complete when none of its files changed for --quiet-seconds; runs until stopped (or --once).
+    """
     service = options.service_config("watch", inputs, once)
     config = WatchConfig(folder, poll=poll, poll_interval=poll_interval, rescan_seconds=rescan_seconds)
     try:
@@ -206,7 +214,10 @@ def listen(
         typer.Option(help="After a study is done, its received images are kept (in OUT/spool) or deleted."),
     ] = "delete",
 ) -> None:
-    """DICOM listener service (storage SCP): triage CR/DX studies sent to it; forward results to a PACS."""
+    """DICOM listener service: triage the studies sent to it.
+
+    A storage SCP for CR/DX studies; the results can be forwarded to a PACS (--forward).
+    """
     service = options.service_config("listen", inputs)
     allowed = tuple(a.strip() for a in (allow_ae or "").split(",") if a.strip())
     config = ListenConfig(host=host, port=port, allow_ae=allowed, allow_any_ae=allow_any_ae)
@@ -234,7 +245,10 @@ def jobs(
         bool, typer.Option(help="Put failed study versions back in the queue.")
     ] = False,
 ) -> None:
-    """Job store of a watch / listen service: study versions by state, failures; re-queue failed ones."""
+    """Show a service's job store; re-queue failed studies.
+
+    Study versions by state and the recent failures of a watch / listen service.
+    """
     from serving.jobs_cmd import show_jobs
 
     path = db or out / "jobs.sqlite3"

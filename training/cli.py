@@ -3,7 +3,9 @@ entry-point group (pyproject.toml): ``triage train classifier|segmenter|baseline
 ``triage experiment``, ``triage shortcut-experiment`` and ``triage folds``.
 
 This module imports only typer and the option sets: the bodies (:mod:`training.commands`,
-:mod:`training.saliency.commands`; torch) are imported when a command runs, so ``triage --help`` stays fast.
+:mod:`training.saliency.commands`; torch) are imported when a command runs, so ``triage --help`` stays
+fast. Without the training extra the root answers with a one-line hint before it loads this module
+(triage/cli/plugins.py).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from triage.cli.options import option_sets
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 train_app = typer.Typer(
-    help="Train the classifier, the positive-only segmenter, the baseline or the saliency U-Net.",
+    help="Train the cascade's models and the saliency U-Net.\n\n"
+    "Also `triage train thresholds`: the gate and triplet from out-of-fold predictions.",
     no_args_is_help=True,
 )
 app.add_typer(train_app, name="train", rich_help_panel="Train")
@@ -35,34 +38,13 @@ Fold = Annotated[
     ),
 ]
 ROLE_HELP = {
-    "classifier": "Train the gate: a CAM classifier (timm) on all images; soft-F1 loss, RAdam, one-cycle.",
-    "segmenter": "Train the positive-only U-Net (smp) of the cascade: Jaccard loss, positive images only.",
-    "baseline": "Train the baseline U-Net: the segmenter's configuration trained on all images.",
+    "classifier": "Train the gate: a CAM classifier on all images.\n\n"
+    "A timm backbone; soft-F1 loss, RAdam, one-cycle schedule.",
+    "segmenter": "Train the positive-only U-Net of the cascade.\n\n"
+    "An smp U-Net; Jaccard loss, trained and validated on positive images only.",
+    "baseline": "Train the baseline U-Net on all images.\n\n"
+    "The segmenter's configuration, trained on all images.",
 }
-
-
-def _missing_extra(command: str, exc: ImportError) -> typer.Exit:
-    hint = "needs the training extra: pip install 'triage[training]'"
-    typer.echo(f"triage {command}: {hint} ({exc})", err=True)
-    return typer.Exit(2)
-
-
-def _bodies(command: str) -> Any:
-    """training.commands (torch), imported when a command runs."""
-    try:
-        from training import commands
-    except ImportError as exc:
-        raise _missing_extra(command, exc) from None
-    return commands
-
-
-def _saliency_bodies(command: str) -> Any:
-    """training.saliency.commands (torch), imported when a command runs."""
-    try:
-        from training.saliency import commands
-    except ImportError as exc:
-        raise _missing_extra(command, exc) from None
-    return commands
 
 
 def _train_command(role: str) -> Any:
@@ -76,7 +58,9 @@ def _train_command(role: str) -> Any:
         run: RunOptions,
         saliency: SaliencyOptions,
     ) -> None:
-        raise typer.Exit(_bodies(f"train {role}").train_command(role, data, out, preset, fold, run, saliency))
+        from training.commands import train_command
+
+        raise typer.Exit(train_command(role, data, out, preset, fold, run, saliency))
 
     command.__doc__ = ROLE_HELP[role]
     return command
@@ -102,13 +86,14 @@ def train_saliency(
     run: RunOptions,
     corruption_augment: CorruptionAugment = 0.0,
 ) -> None:
-    """Train the saliency U-Net: its decoder learns target heatmaps (BCE, KL or MSE).
+    """Train the saliency U-Net on target heatmaps.
 
-    An smp U-Net with a classification head; the map loss can be mixed with the head's CAM and staged
-    (encoder frozen first).
+    An smp U-Net with a classification head whose decoder learns the target heatmaps (BCE, KL or MSE);
+    the map loss can be mixed with the head's CAM and staged (encoder frozen first).
     """
-    body = _saliency_bodies("train saliency")
-    raise typer.Exit(body.train_saliency_command(data, out, preset, fold, run, target, corruption_augment))
+    from training.saliency.commands import train_saliency_command
+
+    raise typer.Exit(train_saliency_command(data, out, preset, fold, run, target, corruption_augment))
 
 
 @train_app.command("thresholds")
@@ -126,35 +111,40 @@ def thresholds(
         typer.Option(help="Search on the test-time-augmented predictions (as the runtime runs by default)."),
     ] = True,
 ) -> None:
-    """Choose the gate and the triplet on the out-of-fold predictions; write them into the runs.
+    """Choose the gate and triplet on out-of-fold predictions.
 
     The gate and (top, min_area, bottom, min_component) maximise the cascade's Dice per image; they are
     written into the runs' model.json.
     """
-    body = _bodies("train thresholds")
-    raise typer.Exit(body.thresholds_command(classifier, segmenter, list(apply_to or []), tta))
+    from training.commands import thresholds_command
+
+    raise typer.Exit(thresholds_command(classifier, segmenter, list(apply_to or []), tta))
 
 
 @app.command(rich_help_panel="Train")
 @option_sets
 def experiment(opts: ExperimentOptions) -> None:
-    """The cascade-vs-baseline table (the thesis's Table 5.1) on your data, cross-validated.
+    """Cross-validate the cascade against the baseline U-Net.
 
-    Trains the classifier, the positive-only U-Net and the baseline U-Net per fold; argmax / threshold /
-    TTA rows, mean ± std over folds. Resumable: run it again to continue.
+    The thesis's Table 5.1 on your data: trains the classifier, the positive-only U-Net and the baseline
+    U-Net per fold; argmax / threshold / TTA rows, mean ± std over folds. Resumable: run it again.
     """
-    raise typer.Exit(_bodies("experiment").experiment_command(opts))
+    from training.commands import experiment_command
+
+    raise typer.Exit(experiment_command(opts))
 
 
 @app.command("shortcut-experiment", rich_help_panel="Train")
 @option_sets
 def shortcut_experiment(opts: ShortcutOptions) -> None:
-    """The shortcut experiment: does the heatmap loss keep a classifier off the chest drain?
+    """Test whether the heatmap loss avoids a drain shortcut.
 
     CE vs heatmap-loss classifiers on data where a drain predicts the label in training but not in test;
     AUC, CAM mass in the lungs / on the drain, audits, Mann-Whitney. Resumable.
     """
-    raise typer.Exit(_saliency_bodies("shortcut-experiment").shortcut_command(opts))
+    from training.saliency.commands import shortcut_command
+
+    raise typer.Exit(shortcut_command(opts))
 
 
 @app.command(rich_help_panel="Data")
@@ -164,13 +154,12 @@ def folds(
     seed: Annotated[int, typer.Option(help="Shuffling seed.")] = 0,
     out: Annotated[Path | None, typer.Option(help="CSV to write; default DATA/folds.csv.")] = None,
 ) -> None:
-    """Patient-level stratified K-fold split of a data set, saved to CSV."""
-    from training.console import error
+    """Split a data set into patient-level stratified folds.
 
-    try:
-        from training.folds import make_folds, write_folds_csv
-    except ImportError as exc:
-        raise _missing_extra("folds", exc) from None
+    Written to a CSV file (default DATA/folds.csv).
+    """
+    from training.console import error
+    from training.folds import make_folds, write_folds_csv
     from triage.synth.dataset import read_metadata
 
     if not (data / "metadata.csv").exists():

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-import training.saliency.terms  # noqa: F401  (registers the loss terms and the corruption augmentation)
 from training.config import ConfigError, TrainConfig, resolve
 from training.console import error, setup_logging
 from training.engine import Interrupted
@@ -42,11 +41,11 @@ def apply_saliency_options(cfg: TrainConfig, options: SaliencyOptions) -> TrainC
         HeatmapLossConfig(
             method=o.heatmap_loss,
             weight=o.heatmap_weight,
-            which=o.heatmap_class,  # type: ignore[arg-type]
+            which=o.heatmap_class,
             mode=o.heatmap_mode,
             region=o.heatmap_region,
             layer=o.heatmap_layer,
-        )  # type: ignore[arg-type]
+        )
         if o.heatmap_layer is not None:
             from training.models import build_model
             from training.saliency.attribution import resolve_layer

@@ -14,6 +14,8 @@ import typer
 from triage import __version__
 from triage.cli.options import Device, fail
 from triage.cli.plugins import CommandTree
+from triage.outputs.formats import HELP as FORMATS_HELP
+from triage.outputs.formats import PREDICT_DEFAULT, format_option
 
 Compression = Literal["none", "rle", "j2k"]
 Variant = Literal["auto", "fp32", "int8", "tensorrt-fp16", "tensorrt-int8"]
@@ -90,7 +92,11 @@ def synth(
     ] = None,
     force: Annotated[bool, typer.Option(help="Replace an earlier synthetic set in OUT.")] = False,
 ) -> None:
-    """Synthesize chest-radiograph studies (DICOM, masks, labels) from a procedural phantom."""
+    """Synthesize chest-radiograph studies from a phantom.
+
+    A procedural phantom writes DICOM images, pneumothorax and lung masks, reading heatmaps and labels in
+    the SIIM-ACR layout.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from triage.synth.config import ConfigError, PhantomConfig
@@ -136,7 +142,10 @@ def contact_sheet_cmd(
     tile: Annotated[int, typer.Option(min=64, help="Tile side in pixels.")] = 320,
     outline: Annotated[bool, typer.Option(help="Outline the pneumothorax masks.")] = True,
 ) -> None:
-    """Render a PNG grid of a synthetic set's images, with pneumothorax outlines."""
+    """Render a PNG grid of a synthetic set's images.
+
+    The pneumothorax masks are outlined (--no-outline: plain images).
+    """
     from triage.synth.contact_sheet import render_contact_sheet
 
     if not (data / "metadata.csv").exists():
@@ -154,12 +163,8 @@ def predict(
     saliency: Annotated[bool, typer.Option(help="Saliency (CAM, and the saliency model if any).")] = True,
     output_format: Annotated[
         str,
-        typer.Option(
-            "--format",
-            help="Comma-separated outputs: png, seg, sc, sr, saliency (the saliency model's map as a "
-            "DICOM Secondary Capture; only with a bundle that has one).",
-        ),
-    ] = "png,seg,sc,saliency",
+        typer.Option("--format", help=FORMATS_HELP),
+    ] = format_option(PREDICT_DEFAULT),
     batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 8,
     device: Annotated[Device, typer.Option(help="Where the models run.")] = "auto",
     threads: Annotated[int, typer.Option(min=0, help="ONNX Runtime threads; 0 = the cores available.")] = 0,
@@ -173,17 +178,20 @@ def predict(
     any_modality: Annotated[bool, typer.Option(help="Accept modalities other than CR / DX.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue a batch in OUT, skipping finished inputs.")] = False,
 ) -> None:
-    """Triage chest radiographs: gate, segment, threshold, saliency; results.jsonl, worklist.csv, DICOM."""
+    """Triage chest radiographs with a model bundle.
+
+    Gate, segment, threshold, saliency; writes results.jsonl, worklist.csv and the DICOM outputs.
+    """
     from triage.cascade.predict import PredictOptions
     from triage.cli.predict_cmd import run_predict
     from triage.io.dicom import ReadPolicy
+    from triage.outputs.formats import parse_formats
 
-    formats = frozenset(f.strip() for f in output_format.split(",") if f.strip())
     try:
         options = PredictOptions(
             tta=tta,
             saliency=saliency,
-            formats=formats,
+            formats=parse_formats(output_format),
             batch_size=batch_size,
             policy=ReadPolicy(any_modality=any_modality),
             device=device,
@@ -234,8 +242,11 @@ def evaluate(
                           "and delta Dice (docs/saliency.md)."),
     ] = False,
 ) -> None:
-    """Measure a bundle or runs on labelled data: Dice per image, Dice, IoU, AUC with bootstrap intervals,
-    sensitivity/specificity at the gate, results per stratum, ROC, threshold surface, best/worst overlays."""
+    """Measure a bundle or training runs on labelled data.
+
+    Dice per image, Dice, IoU and AUC with bootstrap intervals, sensitivity and specificity at the gate,
+    results per stratum, ROC, the threshold surface and best/worst overlays.
+    """
     from triage.cli.evaluate_cmd import run_evaluate
     from triage.evaluation.context import EvalOptions
     from triage.evaluation.sections import DEFAULT_SECTIONS
