@@ -16,11 +16,11 @@ from triage.bundle import Bundle, ModelSpec
 from triage.cascade.preprocess import Geometry, as_pil, fit, normalise
 from triage.errors import ErrorCode, TriageError
 from triage.io.dicom import DicomImage, ReadPolicy, read_image
+from triage.outputs.formats import PICTURE_FORMATS
 from triage.outputs.overlay import overlay_base
 
 # What an item keeps of the decoded source image once its model inputs are made (see `load_item`).
 Keep = Literal["full", "overlay", "none"]
-PICTURE_FORMATS = frozenset({"png", "sc"})  # the outputs that draw the radiograph (overlay PNG / SC, panel)
 _DROPPED = np.zeros((0, 0), np.float32)  # DicomImage.pixels once released: rows/columns keep the grid
 _DROPPED.flags.writeable = False
 
