@@ -5,7 +5,7 @@
 #   make lint    ruff check . and mypy (strict on triage/)
 #   make bench   benchmarks/bench_synth.py
 #   make bench-cascade  end-to-end cascade benchmark (docs/speed.md; ~8 min on 2 quiet cores)
-#   make lock    regenerate constraints.txt (full lock of .[training,serving,dev], Python 3.11)
+#   make lock    regenerate constraints.txt (full lock of .[training,serving,scale,dev], Python 3.11)
 #   make clean   remove .venv and demo-out
 #
 # Installs are pip with the lock as constraints, and remembered by a stamp file per extras set,
@@ -24,7 +24,7 @@ CONSTRAINTS := constraints.txt
 
 # Extras that `make test` and `make lint` install (comma-separated, as pip writes them).
 # training (torch, timm, smp) is needed by tests/training; tests/triage runs with it blocked.
-TEST_EXTRAS := dev,serving,training
+TEST_EXTRAS := dev,serving,training,scale
 # `make bench` needs only the runtime (no extras); `make demo` trains its models (the training extra).
 RUNTIME_EXTRAS :=
 DEMO_EXTRAS := training

@@ -163,9 +163,28 @@ def folds(
 
 @app.command()
 def predict(
-    paths: Annotated[list[str], typer.Argument(help="DICOM files, folders (recursive) or globs.")],
     model: Annotated[Path, typer.Option("--model", "-m", help="Model bundle folder (card.json + models).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    paths: Annotated[
+        list[str] | None, typer.Argument(help="DICOM files, folders (recursive) or globs.")
+    ] = None,
+    files_from: Annotated[
+        str | None,
+        typer.Option(help="Manifest of inputs: a text file (one per line), .csv or .parquet; - for stdin."),
+    ] = None,
+    column: Annotated[
+        str | None, typer.Option(help="The manifest's column of paths (default: 'path', or its only one).")
+    ] = None,
+    shard: Annotated[
+        str | None, typer.Option(help="Run only shard K/N (K = 0..N-1) of the inputs, split by file path.")
+    ] = None,
+    engine: Annotated[str, typer.Option(help="local, or ray (a Ray cluster; the scale extra).")] = "local",
+    address: Annotated[
+        str | None, typer.Option(help="--engine ray: the cluster (HOST:PORT, ray://HOST:10001, auto).")
+    ] = None,
+    actors: Annotated[int, typer.Option(help="--engine ray: actor pool size; 0 = as many as fit.")] = 0,
+    cpus_per_actor: Annotated[float, typer.Option(help="--engine ray: CPUs per actor.")] = 1.0,
+    gpus_per_actor: Annotated[float, typer.Option(help="--engine ray: GPUs per actor (CUDA).")] = 0.0,
     tta: Annotated[bool, typer.Option(help="Test-time augmentation as the bundle's card lists.")] = True,
     saliency: Annotated[bool, typer.Option(help="Saliency (CAM, and the saliency model if any).")] = True,
     output_format: Annotated[
@@ -185,7 +204,7 @@ def predict(
 ) -> None:
     """Triage chest radiographs: gate, segment, threshold, saliency; results.jsonl, worklist.csv, DICOM."""
     from triage.cascade.predict import PredictOptions
-    from triage.cli.predict_cmd import run_predict
+    from triage.cli.predict_cmd import BatchSource, run_predict
     from triage.io.dicom import ReadPolicy
     from triage.outputs.formats import parse_formats
 
@@ -212,9 +231,23 @@ def predict(
             variant=variant,
             resume=resume,
         )
+        source = BatchSource.parse(
+            paths or [], files_from, column, shard, engine, address, actors, cpus_per_actor, gpus_per_actor
+        )
     except ValueError as exc:
         fail("predict", str(exc))
-    raise typer.Exit(run_predict(paths, model, out, options))
+    raise typer.Exit(run_predict(source, model, out, options))
+
+
+@app.command()
+def merge(
+    parts: Annotated[list[Path], typer.Argument(help="The --out folders of the shard jobs.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the merged results.")],
+) -> None:
+    """Join shard outputs (`triage predict --shard K/N`) into one results.jsonl and one worklist.csv."""
+    from triage.cli.predict_cmd import run_merge
+
+    raise typer.Exit(run_merge(parts, out))
 
 
 @app.command("export")

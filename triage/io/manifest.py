@@ -46,7 +46,8 @@ class Shard:
     def __post_init__(self) -> None:
         if self.count < 1 or not 0 <= self.index < self.count:
             raise ManifestError(
-                f"--shard {self.index}/{self.count}: K/N needs N >= 1 and 0 <= K <= N-1 (shards count from 0)"
+                f"--shard {self.index}/{self.count}: K/N needs N >= 1 and 0 <= K <= N-1 "
+                "(shards count from 0)"
             )
 
     @classmethod
@@ -91,7 +92,8 @@ def _open_binary(source: str) -> IO[bytes]:
             filesystem, path = fs.FileSystem.from_uri(source)
             return io.BytesIO(filesystem.open_input_stream(path).read())
         except (OSError, ValueError) as exc:
-            raise ManifestError(f"--files-from {source!r}: cannot read it ({type(exc).__name__}: {exc})") from exc
+            reason = f"{type(exc).__name__}: {exc}"
+            raise ManifestError(f"--files-from {source!r}: cannot read it ({reason})") from exc
     try:
         return open(source, "rb")
     except OSError as exc:
@@ -101,7 +103,9 @@ def _open_binary(source: str) -> IO[bytes]:
 def _pick_column(names: Sequence[str], column: str | None, source: str) -> str:
     if column is not None:
         if column not in names:
-            raise ManifestError(f"--files-from {source!r} has no column {column!r}; its columns: {list(names)}")
+            raise ManifestError(
+                f"--files-from {source!r} has no column {column!r}; its columns: {list(names)}"
+            )
         return column
     if DEFAULT_COLUMN in names:
         return DEFAULT_COLUMN
@@ -123,7 +127,8 @@ def _parquet_rows(data: bytes, column: str | None, source: str) -> Iterator[str]
     try:
         import pyarrow.parquet as pq
     except ImportError as exc:
-        raise ManifestError(f"--files-from {source!r}: Parquet needs pyarrow: pip install 'triage[scale]'") from exc
+        hint = "Parquet needs pyarrow: pip install 'triage[scale]'"
+        raise ManifestError(f"--files-from {source!r}: {hint}") from exc
     try:
         table = pq.read_table(io.BytesIO(data))
     except Exception as exc:  # pyarrow raises its own ArrowInvalid for a damaged file

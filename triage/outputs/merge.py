@@ -73,8 +73,8 @@ def _shard_problems(infos: dict[Path, dict[str, object]], counts: dict[Path, int
     if len(totals) > 1:
         problems.append(f"the parts come from different splits: N = {sorted(totals)}")
     elif totals:
-        (n,) = totals
-        absent = [f"{k}/{n}" for k in range(n) if (k, n) not in seen]
+        (count,) = totals
+        absent = [f"{k}/{count}" for k in range(count) if (k, count) not in seen]
         if absent:
             problems.append(f"shards missing: {', '.join(absent[:10])}{' …' if len(absent) > 10 else ''}")
     return problems
@@ -97,7 +97,9 @@ def merge_outputs(parts: Sequence[Path], out: Path) -> MergeSummary:
         if not (part / RESULTS_NAME).is_file():
             raise MergeError(f"{part} holds no {RESULTS_NAME}: not the --out of a `triage predict` run")
     if (out / RESULTS_NAME).exists() and not (out / MERGE_NAME).exists():
-        raise MergeError(f"{out / RESULTS_NAME} exists and was not written by `triage merge`; choose another --out")
+        raise MergeError(
+            f"{out / RESULTS_NAME} exists and was not written by `triage merge`; choose another --out"
+        )
     merged: dict[str, ResultRecord] = {}
     duplicates = 0
     infos: dict[Path, dict[str, object]] = {}
