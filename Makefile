@@ -94,12 +94,13 @@ lint: $(TEST_STAMP)
 
 # Two pytest runs: the runtime suite (tests/triage) with torch, torchvision, timm, smp and fastai
 # blocked from import (TRIAGE_BLOCK_TORCH=1, tests/conftest.py), proving triage/ runs without them;
-# then everything else. pytest exits 5 when it collected no tests: that is a failure here, with a
+# then everything else (--dist loadgroup: the tests of one xdist_group, such as tests/scale's two-node Ray
+# cluster, share one worker). pytest exits 5 when it collected no tests: that is a failure here, with a
 # message saying so.
 test: $(TEST_STAMP) dcmtk lint
 	@rc=0; TRIAGE_BLOCK_TORCH=1 $(BIN)/pytest -n auto tests/triage || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "ERROR: pytest collected no runtime tests (exit 5)" >&2; fi; \
-	rc2=0; $(BIN)/pytest -n auto tests --ignore=tests/triage || rc2=$$?; \
+	rc2=0; $(BIN)/pytest -n auto --dist loadgroup tests --ignore=tests/triage || rc2=$$?; \
 	if [ $$rc2 -eq 5 ]; then echo "ERROR: pytest collected no tests outside tests/triage (exit 5)" >&2; fi; \
 	exit $$(( rc != 0 ? rc : rc2 ))
 

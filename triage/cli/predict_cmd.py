@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,7 +81,11 @@ def _fail(command: str, message: str) -> int:
 
 
 def _run_ray(source: BatchSource, model: Path, out: Path, options: PredictOptions, label: str) -> int:
-    """--engine ray: Ray Data reports progress itself; the same summary table at the end."""
+    """--engine ray: Ray Data reports progress itself; the same summary table at the end.
+
+    A finished batch ends the process here (``os._exit``): Ray 2.60's core worker can crash with SIGSEGV
+    while the interpreter finalizes after its cluster lost a node (seen in tests/scale), which would turn a
+    complete, flushed batch into a failed exit status. Ray is shut down and every file closed by then."""
     from triage.scale.ray_engine import ScaleError, run_ray
 
     assert source.ray is not None
@@ -89,7 +96,10 @@ def _run_ray(source: BatchSource, model: Path, out: Path, options: PredictOption
     except TriageError as exc:
         return _fail("predict", f"{exc.code.value}: {exc.message}")
     Console().print(_summary_table(summary, out))
-    return 1 if summary.failed else 0
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1 if summary.failed else 0)
 
 
 def run_predict(source: BatchSource, model: Path, out: Path, options: PredictOptions) -> int:

@@ -34,7 +34,8 @@ logger = logging.getLogger(__name__)
 
 HINT = "--engine ray needs the scale extra: pip install 'triage[scale]'"
 ADDRESS_FORMS = (
-    "HOST:PORT of a Ray head (`ray start --head`), ray://HOST:10001, auto, or no --address for a local Ray"
+    "HOST:PORT of a Ray head (`ray start --head`), ray://HOST:10001, auto, local (a new Ray on this "
+    "machine), or no --address (RAY_ADDRESS or a Ray running here, else a new one)"
 )
 
 
@@ -92,8 +93,9 @@ def _connect(ray: Any, address: str | None) -> None:
     if address is not None:
         _probe(address)
     try:
-        if address is None:
-            ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
+        if address in (None, "local"):  # None: RAY_ADDRESS or a Ray started on this machine, else a new one
+            ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
+                     log_to_driver=True)
         else:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
     except (ConnectionError, RuntimeError, ValueError) as exc:
