@@ -153,7 +153,7 @@ def test_bad_options_are_one_line_errors(setup: Setup, tmp_path: Path) -> None:
         (("--files-from", str(setup.manifest), "--shard", "3/2"), "0 <= K <= N-1"),
         (("--files-from", str(tmp_path / "nope.txt")), "No such file"),
         ((), "no inputs"),
-        ((str(setup.files[0]), "--engine", "spark"), "local or ray"),
+        ((str(setup.files[0]), "--engine", "spark"), "'spark' is not one of 'local', 'ray'"),
         ((str(setup.files[0]), "--column", "path"), "--column applies"),
     ):
         proc = _cli(*base, *args)

@@ -1,4 +1,4 @@
-"""Predictor.stream, the one cascade engine (``triage predict``, the services and the Ray pool call it):
+"""Predictor.stream, the one cascade engine (``triage predict`` and the services call it):
 the same records and files as Predictor.run, every key answered once, good records in input order,
 inputs pulled lazily within the plan's bound, and the thread counts the options name."""
 

@@ -1,8 +1,10 @@
 """The cascade engine (:meth:`Predictor.stream`) and the batch command on top of it (:meth:`Predictor.run`,
 ``triage predict``).
 
-One engine for every caller: ``triage predict``, the serving worker (``triage watch`` / ``triage listen``,
-``serving/worker.py``) and the Ray actor pool all feed :meth:`Predictor.stream` with (key, path) pairs.
+One engine for every caller: ``triage predict`` and the serving worker (``triage watch`` / ``triage listen``,
+``serving/worker.py``) both feed :meth:`Predictor.stream` with (key, path) pairs, and so should any new
+caller (a scheduler's shard, an actor in a cluster), so that a speed change lands once.
+
 Readers (a thread pool) decode and preprocess ahead of the models; the calling thread batches images
 across studies for the classifier, runs the segmenter (and the saliency model) only on the images the
 gate passes, and hands each image to a writer pool; each record is reported as soon as its outputs are

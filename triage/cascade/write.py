@@ -51,19 +51,20 @@ def _cam_on_source(item: Item) -> NDArray[np.float32] | None:
     """The classifier's CAM cropped to the image (letterbox padding removed) at its own resolution, or
     None; the renderers resize a map once, to their own output size, rather than to the full source grid
     first (a 2048² float map per image)."""
-    assert item.image is not None and item.gate_input is not None
     if item.cam is None:
         return None
+    if item.gate_input is None:
+        raise ValueError("a CAM without the classifier's input geometry")
     return np.clip(content(item.cam, item.gate_input.geometry), 0.0, 1.0)
 
 
 def _model_saliency_on_source(item: Item) -> NDArray[np.float32] | None:
     """The saliency model's map cropped to the image through its own input's geometry, or None."""
-    assert item.image is not None
     if item.saliency is None:
         return None
     prepared = item.sal_input or item.gate_input
-    assert prepared is not None
+    if prepared is None:
+        raise ValueError("a saliency map without its model's input geometry")
     return np.clip(content(item.saliency, prepared.geometry), 0.0, 1.0)
 
 
@@ -76,7 +77,7 @@ def _saliency_on_source(item: Item) -> NDArray[np.float32] | None:
 def _decision(item: Item, bundle: Bundle) -> Decision:
     """The decision for an inferred image (see :func:`triage.cascade.postprocess.decide`)."""
     if item.image is None:
-        raise ValueError(f"{item.input}: no image to decide on")
+        raise ValueError("this input has no image to decide on")
     return decide(
         float(item.probability or 0.0),
         item.gated,
