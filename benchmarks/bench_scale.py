@@ -6,8 +6,8 @@ setting for the Ray overhead, which is a smaller share when the models cost more
 interleaved (their order rotates each round) and repeated, because the machine may be shared; each row
 records the load average before and after it. Per run: wall time, throughput, CPU seconds of the whole
 process tree (Ray's GCS, raylet and workers included; sampled from /proc every 0.2 s, so a process's last
-0.2 s may be missed), the driver's RSS after 100 records and at the end, and the seconds until the first
-record was written (start-up: Ray's, the actors' bundle loading). Prints a table, writes JSON. Usage:
+0.2 s may be missed), the driver's RSS when 100, half and all records were written, and the seconds until
+the first record was written (start-up: Ray's, the actors' bundle loading). Prints a table, writes JSON:
 
     python benchmarks/bench_scale.py --studies 1000 --size 256 --rounds 2 --json bench-scale.json
 
@@ -68,14 +68,15 @@ class Watch:
     """What the /proc sampler saw of one command's process tree."""
 
     cpu: dict[int, float] = field(default_factory=dict)  # pid → last CPU seconds seen
-    rss_at_100: float | None = None
-    rss_end: float | None = None
+    rss_at: dict[int, float] = field(default_factory=dict)  # records written → driver RSS MiB then
     first_record: float | None = None
     last_record: float | None = None
     records: int = 0
 
 
-def _sample(root: int, results: Path, watch: Watch, start: float, stop: threading.Event) -> None:
+def _sample(
+    root: int, results: Path, watch: Watch, start: float, stop: threading.Event, marks: tuple[int, ...]
+) -> None:
     tree = {root}
     while not stop.is_set():
         parents: dict[int, int] = {}
@@ -89,17 +90,16 @@ def _sample(root: int, results: Path, watch: Watch, start: float, stop: threadin
             if ppid in tree and pid not in tree and (st := _stat(pid)) is not None:
                 tree.add(pid)
                 watch.cpu[pid] = st[1]
-        rss = _rss_mib(root)
-        if rss is not None:
-            watch.rss_end = rss
+        rss = _rss_mib(root)  # 0 once the driver has exited (a zombie): not a reading
         count = _lines(results)
         now = time.perf_counter() - start
         if count and watch.first_record is None:
             watch.first_record = now
         if count > watch.records:
             watch.records, watch.last_record = count, now
-        if count >= 100 and watch.rss_at_100 is None:
-            watch.rss_at_100 = rss
+        for mark in marks:
+            if count >= mark and mark not in watch.rss_at and rss:
+                watch.rss_at[mark] = rss
         stop.wait(0.2)
 
 
@@ -112,8 +112,7 @@ class Run:
     studies: int
     load_before: float
     load_after: float
-    driver_rss_at_100_mib: float | None
-    driver_rss_end_mib: float | None
+    driver_rss_mib: dict[int, float]  # records written → the driver's RSS then (one job: not for shards)
     first_record_s: float | None
 
     @property
@@ -121,12 +120,14 @@ class Run:
         return self.studies / self.wall_s
 
 
-def _run(cmd: list[str], results: Path) -> tuple[float, float, Watch]:
-    """Run ``cmd``; (wall seconds, CPU seconds of its process tree, what the sampler saw)."""
+def _run(cmd: list[str], results: Path, marks: tuple[int, ...] = ()) -> tuple[float, float, Watch]:
+    """Run ``cmd``; (wall seconds, CPU seconds of its process tree, what the sampler saw, including the
+    driver's RSS when ``results`` reached each of ``marks`` records)."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     watch, stop = Watch(), threading.Event()
-    sampler = threading.Thread(target=_sample, args=(proc.pid, results, watch, start, stop), daemon=True)
+    sampler = threading.Thread(target=_sample, args=(proc.pid, results, watch, start, stop, marks),
+                               daemon=True)
     sampler.start()
     _, err = proc.communicate()
     wall = time.perf_counter() - start
@@ -164,27 +165,27 @@ def main() -> None:
         for arm in arms[rnd % len(arms):] + arms[: rnd % len(arms)]:
             out = root / f"r{rnd}-{arm.split()[0]}"
             load_before = os.getloadavg()[0]
+            marks = (100, n // 2, n)
             if arm == "local":
-                wall, cpu, watch = _run([*triage, *base, "-o", str(out)], out / "results.jsonl")
+                wall, cpu, watch = _run([*triage, *base, "-o", str(out)], out / "results.jsonl", marks)
             elif arm.startswith("ray"):
                 cmd = [*triage, *base, "-o", str(out), "--engine", "ray", "--address", "local"]
-                wall, cpu, watch = _run(cmd, out / "results.jsonl")
+                wall, cpu, watch = _run(cmd, out / "results.jsonl", marks)
             else:  # one shard after another: each shard job takes the whole machine
                 wall, cpu, watch = 0.0, 0.0, Watch()
                 for k in range(args.shards):
                     part = out / f"s{k}"
-                    w, c, watch_k = _run([*triage, *base, "-o", str(part), "--shard", f"{k}/{args.shards}"],
+                    w, c, _ = _run([*triage, *base, "-o", str(part), "--shard", f"{k}/{args.shards}"],
                                          part / "results.jsonl")
                     wall, cpu = wall + w, cpu + c
-                    watch.rss_end = max(watch.rss_end or 0.0, watch_k.rss_end or 0.0)
                 parts = [str(out / f"s{k}") for k in range(args.shards)]
                 w, c, _ = _run([*triage, "merge", *parts, "-o", str(out)], out / "results.jsonl")
                 wall, cpu = wall + w, cpu + c
             merged = _lines(out / "results.jsonl")
             if merged != n:
                 raise SystemExit(f"{arm}: {merged} records for {n} studies")
-            run = Run(arm, rnd, wall, cpu, n, load_before, os.getloadavg()[0], watch.rss_at_100,
-                      watch.rss_end, watch.first_record)
+            run = Run(arm, rnd, wall, cpu, n, load_before, os.getloadavg()[0], watch.rss_at,
+                      watch.first_record)
             runs.append(run)
             print(f"round {rnd} {arm:<20} {wall:7.1f} s {run.per_s:6.2f}/s  CPU {cpu:7.1f} s  "
                   f"load {run.load_before:.1f}→{run.load_after:.1f}", flush=True)
@@ -192,7 +193,7 @@ def main() -> None:
     print(f"\n{n} studies, {args.size} px, tiny bundle, {args.rounds} rounds interleaved; "
           f"load average {min(r.load_before for r in runs):.1f}–{max(r.load_after for r in runs):.1f}")
     head = ["arm", "studies/s (median)", "vs local", "runs", "first record s", "CPU s/study",
-            "driver MiB @100→end"]
+            f"driver MiB @100→{n // 2}→{n}"]
     print(" | ".join(head))
     summary = {}
     for arm in arms:
@@ -200,8 +201,8 @@ def main() -> None:
         rate = statistics.median(r.per_s for r in mine)
         first = [r.first_record_s for r in mine if r.first_record_s is not None]
         cpu = statistics.median(r.cpu_s / r.studies for r in mine)
-        rss = [(r.driver_rss_at_100_mib, r.driver_rss_end_mib) for r in mine]
-        rss_text = ", ".join(f"{a or 0:.0f}→{b or 0:.0f}" for a, b in rss)
+        rss_text = ", ".join("→".join(f"{r.driver_rss_mib[m]:.0f}" for m in sorted(r.driver_rss_mib)) or "-"
+                             for r in mine)
         each = ", ".join(f"{r.per_s:.2f}" for r in mine)
         first_text = f"{statistics.median(first):.1f}" if first else "-"
         print(f"{arm} | {rate:.2f} | {rate / local:.0%} | {each} | {first_text} | {cpu:.3f} | {rss_text}")

@@ -3,7 +3,8 @@
 The module starts a head and a second node (`ray.cluster_utils.Cluster`: separate GCS / raylet / worker
 processes, one CPU each, on a loopback address) and stops them at the end; the CLI joins it with
 ``--address`` and ``--actors 2``, so one actor runs on each node. Against a local `triage predict` of the
-same manifest (which mixes in a duplicate, a blank line, a folder with a non-DICOM file and a missing file):
+same manifest (which mixes in a duplicate, a blank line, a folder with a non-DICOM file, a missing file and a
+path relative to the driver's working directory):
 the same records (probabilities within 1e-5, same decisions, same error records) and byte-identical output
 files; a worker killed mid-run, a node lost mid-run and a driver killed mid-run and restarted with
 ``--resume`` each end with every input recorded exactly once and every output complete.
@@ -77,7 +78,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Setup:
     (root / "folder" / "notes.txt").write_text("not an image\n")
     manifest = root / "manifest.txt"
     entries = [*map(str, files[:6]), "", str(files[0]), str(root / "folder"), str(root / "missing.dcm"),
-               *map(str, files[6:])]
+               *map(str, files[6:-1]), os.path.relpath(files[-1])]  # relative to the driver's directory
     manifest.write_text("\n".join(entries) + "\n")
     bundle = build_tiny_bundle(root / "bundle", gate=0.06)  # some images gated to the segmenter, some not
     local = root / "local"

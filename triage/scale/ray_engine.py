@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -133,11 +134,16 @@ class CascadeActor:
         self.predictor = Predictor(load_bundle(Path(bundle_dir)), options)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """``batch``: "input" (the path as the user gave it, the record's key) and "path" (absolute: an
+        actor's working directory is not the driver's)."""
         import numpy as np
 
         inputs = [str(p) for p in batch["input"]]
         records: dict[str, ResultRecord] = {}
-        self.predictor.stream(((p, p) for p in inputs), self.out, records.__setitem__)
+        paths = [str(p) for p in batch["path"]]
+        self.predictor.stream(zip(inputs, paths, strict=True), self.out, records.__setitem__)
+        for key, record in records.items():
+            record.input = key
         return {
             "input": np.array(inputs, dtype=object),
             "record": np.array([records[p].to_json() for p in inputs], dtype=object),
@@ -200,7 +206,8 @@ def _execute(
     tasks = math.ceil(len(todo) / per_task)
     actors = _pool_size(ray, ray_options, tasks)
     logger.info("ray: %d inputs in %d tasks on %d actors", len(todo), tasks, actors)
-    dataset = ray.data.from_items([{"input": p} for p in todo], override_num_blocks=tasks)
+    items = [{"input": p, "path": os.path.abspath(p)} for p in todo]
+    dataset = ray.data.from_items(items, override_num_blocks=tasks)
     gpus = ray_options.gpus_per_actor
     results = dataset.map_batches(
         CascadeActor,
