@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -14,6 +15,7 @@ import typer
 
 if TYPE_CHECKING:
     from triage.cascade.predict import PredictOptions
+    from triage.cli.predict_cmd import BatchSource
 
 
 @dataclass(frozen=True)
@@ -46,10 +48,15 @@ class DicomWebInput:
 
 
 def predict_dicomweb(
-    source: DicomWebInput, paths: list[str], model: Path, out: Path, options: PredictOptions
+    source: DicomWebInput,
+    model: Path,
+    out: Path,
+    options: PredictOptions,
+    batch: Callable[[list[str]], BatchSource],
 ) -> int:
-    """Retrieve, then run `triage predict` on the retrieved folder; the exit status (2: a usage or
-    server error, one line on stderr; 1: some instances could not be retrieved or triaged)."""
+    """Retrieve, then run `triage predict` on the retrieved folder (``batch`` makes the batch of it, with
+    the command's --shard / --engine); the exit status (2: a usage or server error, one line on stderr;
+    1: some instances could not be retrieved or triaged)."""
     from triage.cli.predict_cmd import run_predict
     from triage.io.dicomweb import AuthSource, DicomWebError, connect, fetch_studies, search_studies
 
@@ -59,8 +66,6 @@ def predict_dicomweb(
 
     if source.dicomweb is None:
         return fail("no --dicomweb URL")
-    if paths:
-        return fail("give either local paths or --dicomweb, not both")
     if not source.study and not source.since:
         return fail("--dicomweb needs --study UID (repeatable) or --since YYYY-MM-DD")
     auth = AuthSource(source.dicomweb_auth_file, source.dicomweb_auth_env)
@@ -88,7 +93,7 @@ def predict_dicomweb(
             return fail(
                 f"nothing retrieved{': ' + errors[-1] if errors else ''}" if uids else "no study matched"
             )
-        status = run_predict([str(folder)], model, out, options)
+        status = run_predict(batch([str(folder)]), model, out, options)
         return status if status or not errors else 1
     except DicomWebError as exc:
         return fail(exc.message)
