@@ -82,8 +82,10 @@ def test_cascade_inputs_within_tolerance(
         assert full.error is None and fast.error is None and fast.image and full.image
         assert fast.image.decoder.startswith("pillow-j2k-reduce") and full.image.decoder == "pylibjpeg"
         assert fast.source_shape == full.source_shape
-        for a, b, spec in ((full.gate_input, fast.gate_input, bundle.classifier),
-                           (full.seg_input, fast.seg_input, bundle.segmenter)):
+        for a, b, spec in (
+            (full.gate_input, fast.gate_input, bundle.classifier),
+            (full.seg_input, fast.seg_input, bundle.segmenter),
+        ):
             assert a is not None and b is not None
             assert a.geometry == b.geometry  # masks land on the same source grid
             delta = np.abs(a.x - b.x) * spec.normalization.std[0]  # back to [0, 1] display units

@@ -49,8 +49,16 @@ def fail(command: str, message: str) -> NoReturn:
 
 @app.command()
 def version() -> None:
-    """Print the version."""
+    """Print the version and ONNX Runtime's execution providers: available (in the installed wheel) and
+    active (a session really starts them here: the CUDA provider needs the driver and CUDA 13 / cuDNN 9)."""
+    import onnxruntime as ort
+
+    from triage.backends.onnx import active_providers
+
     typer.echo(__version__)
+    typer.echo(f"onnxruntime {ort.__version__}")
+    typer.echo(f"providers available: {', '.join(ort.get_available_providers())}")
+    typer.echo(f"providers active: {', '.join(active_providers())}")
 
 
 @app.command()
