@@ -1,0 +1,95 @@
+"""Adaptive TTA: the margin chosen on validation images changes no gate decision there, the flipped pass
+runs only inside it, and probabilities / CAMs inside it are exactly full TTA's."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from export.adaptive_tta import adapt, choose_gate_margin, main
+from tests.bundles import build_tiny_bundle
+from triage.bundle import CARD, Bundle, load_bundle, seal
+from triage.cascade.items import load_item
+from triage.cascade.models import CascadeModels
+from triage.io.dicom import ReadPolicy
+from triage.synth.dataset import SynthRequest, synthesize
+
+
+def test_margin_is_the_largest_shift_and_changes_nothing() -> None:
+    rng = np.random.default_rng(0)
+    plain = rng.uniform(0, 1, 500)
+    full = np.clip(plain + rng.normal(0, 0.03, 500), 0, 1)
+    chosen = choose_gate_margin(plain, full, 0.5)
+    assert chosen["gate_margin"] == pytest.approx(np.abs(full - plain).max() + 1e-6)
+    adaptive = np.where(np.abs(plain - 0.5) < chosen["gate_margin"], full, plain)
+    assert np.array_equal(adaptive >= 0.5, full >= 0.5) and chosen["decisions_changed"] == 0
+    assert 0 < chosen["within_margin"] < 500
+    with pytest.raises(ValueError, match="equal non-empty"):
+        choose_gate_margin(plain, full[:-1], 0.5)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path], list[Path]]:
+    root = tmp_path_factory.mktemp("adaptive")
+    synthesize(SynthRequest(root / "s", studies=40, size=256, seed=3, positive_fraction=0.4), workers=1)
+    files = sorted((root / "s").rglob("*.dcm"))
+    bundle = build_tiny_bundle(root / "b", cls_size=64, seg_size=64, tta=("none", "hflip"))
+    # the gate at the median un-flipped probability of the validation half: decisions on both sides
+    b = load_bundle(bundle)
+    x = np.stack([load_item(str(f), b, ReadPolicy()).gate_input.x for f in files[:20]])  # type: ignore[union-attr]
+    plain, _ = CascadeModels(b, "cpu", 1).gate(x, use_tta=False)
+    card = json.loads((bundle / CARD).read_text())
+    card["thresholds"]["gate"] = float(np.median(plain))
+    (bundle / CARD).write_text(json.dumps(card))
+    seal(bundle)
+    return bundle, files[:20], files[20:]
+
+
+def _gate(bundle: Bundle, files: list[Path], adaptive: bool) -> tuple[CascadeModels, np.ndarray, np.ndarray]:
+    models = CascadeModels(bundle, "cpu", 1, adaptive=adaptive)
+    x = np.stack([load_item(str(f), bundle, ReadPolicy()).gate_input.x for f in files])  # type: ignore[union-attr]
+    prob, cam = models.gate(x, use_tta=True)
+    assert cam is not None
+    return models, prob, cam
+
+
+def test_adaptive_tta_on_validation_and_held_out(data: tuple[Path, list[Path], list[Path]]) -> None:
+    root, validation, held_out = data
+    block = adapt(root, [str(p) for p in validation])
+    bundle = load_bundle(root)  # resealed: the hash check passes
+    assert bundle.adaptive_tta is not None and bundle.adaptive_tta.gate_margin == block["gate_margin"] > 0
+    assert (
+        bundle.adaptive_tta.chosen_by["images"] == 20
+        and bundle.adaptive_tta.chosen_by["decisions_changed"] == 0
+    )
+    gate, margin = bundle.thresholds.gate, bundle.adaptive_tta.gate_margin
+    for files in (validation, held_out):
+        _, p_full, cam_full = _gate(bundle, files, adaptive=False)
+        models, p_fast, cam_fast = _gate(bundle, files, adaptive=True)
+        plain = _gate_plain(bundle, files)
+        inside = np.abs(plain - gate) < margin
+        assert models.tta_counts == {"images": len(files), "full_tta": int(inside.sum())}
+        np.testing.assert_allclose(p_fast[inside], p_full[inside], atol=1e-6)  # full TTA inside the margin
+        np.testing.assert_allclose(cam_fast[inside], cam_full[inside], atol=1e-6)
+        np.testing.assert_allclose(p_fast[~inside], plain[~inside], atol=1e-6)  # un-flipped outside
+        changed = int(np.sum((p_fast >= gate) != (p_full >= gate)))
+        if files is validation:
+            assert changed == 0 and 0 < inside.sum() < len(files)
+        else:  # not guaranteed by construction; on these images TTA's shift stays inside the margin
+            assert changed <= 1, changed
+
+
+def _gate_plain(bundle: Bundle, files: list[Path]) -> np.ndarray:
+    x = np.stack([load_item(str(f), bundle, ReadPolicy()).gate_input.x for f in files])  # type: ignore[union-attr]
+    prob, _ = CascadeModels(bundle, "cpu", 1, adaptive=False).gate(x, use_tta=False)
+    return prob
+
+
+def test_cli_refuses_a_bundle_without_flip_tta(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bundle = build_tiny_bundle(tmp_path / "b", tta=("none",))
+    synthesize(SynthRequest(tmp_path / "s", studies=2, size=256, seed=1), workers=1)
+    assert main([str(bundle), "--validation", str(tmp_path / "s")]) == 2
+    assert "adaptive TTA needs ['none', ...]" in capsys.readouterr().err
