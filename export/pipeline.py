@@ -31,8 +31,7 @@ from export import parity
 from export.errors import ExportError
 from export.images import SYNTHETIC_CALIBRATION, SYNTHETIC_VALIDATION, ImageSet, image_set
 from export.onnx_export import INPUT_NAME, OPSET, export_onnx, export_wrapper, graph_io, ort_optimize
-from export.quantize import SETTINGS as INT8_SETTINGS
-from export.quantize import quantize, time_model
+from export.quantize import LADDER, quantize, time_model
 from export.runs import Run, assign_roles, load_run
 from export.thresholds import resolve
 from training.torch_backend import TorchModel
@@ -172,21 +171,42 @@ def _int8(
     images: ImageSet,
     opts: ExportOptions,
 ) -> Bundle:
-    for role in bundle.card["models"]:
-        entry = card["models"][role]
-        opts.on_step(f"INT8 quantisation of the {role} ({len(calib.items)} calibration images)")
-        file = entry["file"].replace(".onnx", ".int8.onnx")
-        quantize(root / entry["file"], root / file, INPUT_NAME, calib.batches(role), role)
-        entry.setdefault("variants", {})["int8"] = {
-            "file": file,
-            "runtime": "onnx",
-            "precision": "int8",
-            "quantization": INT8_SETTINGS,
-            "requires": {**_onnx_requires(root / file), "devices": ["cpu"]},
-        }
-    bundle = _write_card(root, card)
-    opts.on_step("parity check of the INT8 variants")
-    judged = _check_parity(card, bundle, reference, "int8", images, opts.threads)
+    judged: dict[str, dict[str, Any]] = {}
+    failures: dict[str, list[str]] = {}
+    for step, recipe in enumerate(LADDER):
+        todo = [role for role in bundle.card["models"] if role not in judged]
+        if not todo:
+            break
+        for role in todo:
+            entry = card["models"][role]
+            opts.on_step(
+                f"INT8 quantisation of the {role} ({len(calib.items)} calibration images, "
+                f"{recipe.calibration}, float nodes: {recipe.keep_float})"
+            )
+            file = entry["file"].replace(".onnx", ".int8.onnx")
+            batches = calib.batches(role)
+            settings = quantize(root / entry["file"], root / file, INPUT_NAME, batches, role, recipe)
+            entry.setdefault("variants", {})["int8"] = {
+                "file": file,
+                "runtime": "onnx",
+                "precision": "int8",
+                "quantization": {**settings, "ladder_step": step + 1},
+                "requires": {**_onnx_requires(root / file), "devices": ["cpu"]},
+            }
+        bundle = _write_card(root, card)
+        opts.on_step("parity check of the INT8 variants")
+        candidate = CascadeModels(bundle, "cpu", opts.threads, variant="int8")
+        figures = parity.measure(reference, candidate, images, bundle.thresholds)
+        where = f"{figures['classifier']['images']} validation images"
+        for role in todo:
+            try:
+                judged[role] = parity.judge(figures[role], role, "int8", where)
+            except ExportError as exc:
+                failures.setdefault(role, []).append(f"{recipe.calibration}/{recipe.keep_float}: {exc}")
+    missing = [role for role in bundle.card["models"] if role not in judged]
+    if missing:
+        tried = " | ".join(f for role in missing for f in failures[role])
+        raise ExportError(f"no INT8 recipe passed the parity check for {', '.join(missing)}: {tried}")
     threads = opts.threads or len(os.sched_getaffinity(0))
     for role, figs in judged.items():
         entry = card["models"][role]
