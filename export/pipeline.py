@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
 import shutil
 import subprocess
@@ -38,6 +37,7 @@ from training.torch_backend import TorchModel
 from triage.backends import Model
 from triage.bundle import CARD, FORMAT, TTA_CHOICES, Bundle, load_bundle, seal
 from triage.cascade.models import CascadeModels
+from triage.system import usable_cores
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ def _int8(
     if missing:
         tried = " | ".join(f for role in missing for f in failures[role])
         raise ExportError(f"no INT8 recipe passed the parity check for {', '.join(missing)}: {tried}")
-    threads = opts.threads or len(os.sched_getaffinity(0))
+    threads = opts.threads or usable_cores()
     for role, figs in judged.items():
         entry = card["models"][role]
         variant = entry["variants"]["int8"]

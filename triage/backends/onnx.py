@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from functools import cache
 
 import numpy as np
@@ -12,6 +11,7 @@ from numpy.typing import NDArray
 
 from triage.bundle import ModelSpec
 from triage.errors import ErrorCode, TriageError
+from triage.system import usable_cores
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def _preload_cuda_libraries() -> None:
 
 def default_threads() -> int:
     """Intra-op threads: the cores this process may use."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return usable_cores()
 
 
 class OnnxModel:
