@@ -7,13 +7,18 @@ The margin is therefore the largest shift TTA made on the validation images (plu
 validation decision changes by construction (checked, and recorded with its source in the card's
 ``adaptive_tta.chosen_by``); the runtime then runs the flipped pass only on images within the margin
 (``triage.cascade.models.CascadeModels.gate``). Images outside the validation set can shift more than
-that: ``benchmarks/bench_cascade.py --adaptive-tta`` counts their decision changes against full TTA.
+that: ``benchmarks/bench_cascade.py --variants fp32,fp32+fulltta`` counts their decision changes against
+full TTA.
 
 The segmenter's flip is not made adaptive: it changes the mask's pixels (the SEG object and the
 overlay), not only the mask-or-no-mask decision, so skipping it would change outputs beyond a decision
 margin (docs/speed.md).
 
+``--held-out DIR`` instead checks a bundle's margin on other images: how many gate decisions adaptive TTA
+changes there against full TTA (issue 16's goal: ≤ 0.5 % of the images); the card is not touched.
+
 Usage:  python -m export.adaptive_tta BUNDLE --validation DIR [DIR ...]
+        python -m export.adaptive_tta BUNDLE --held-out DIR [DIR ...]
 """
 
 from __future__ import annotations
@@ -29,8 +34,11 @@ import numpy as np
 from export.errors import ExportError
 from export.images import load_images
 from triage.bundle import CARD, load_bundle, seal
+from triage.cascade.items import load_item
 from triage.cascade.models import CascadeModels
 from triage.errors import TriageError
+from triage.io.dicom import ReadPolicy
+from triage.io.inputs import expand_inputs
 
 EPSILON = 1e-6
 
@@ -90,6 +98,46 @@ def adapt(bundle_root: Path, validation: list[str], *, threads: int | None = Non
     return block
 
 
+def check_held_out(
+    bundle_root: Path, paths: list[str], *, threads: int | None = None, batch: int = 8
+) -> dict[str, Any]:
+    """Gate decisions of the bundle's adaptive TTA against full TTA on the images under ``paths`` (read
+    in batches, nothing kept: any number of images). The adaptive probability is full TTA's inside the
+    margin and the un-flipped one outside (what ``CascadeModels.gate`` computes, tested to 1e-6)."""
+    bundle = load_bundle(bundle_root)
+    if bundle.adaptive_tta is None:
+        raise ExportError(f"{bundle_root} has no adaptive_tta margin; choose one with --validation first")
+    files, _ = expand_inputs(paths)
+    models = CascadeModels(bundle, "cpu", threads, adaptive=False)
+    plain_all, full_all, unreadable = [], [], 0
+    for start in range(0, len(files), batch):
+        items = [load_item(str(f), bundle, ReadPolicy(), keep="none") for f in files[start : start + batch]]
+        good = [it.gate_input.x for it in items if it.error is None and it.gate_input is not None]
+        unreadable += len(items) - len(good)
+        if good:
+            x = np.stack(good)
+            plain_all.append(models.gate(x, use_tta=False)[0])
+            full_all.append(models.gate(x, use_tta=True)[0])
+    if not plain_all:
+        raise ExportError(f"held-out {', '.join(paths)}: no readable radiograph")
+    plain, full = np.concatenate(plain_all).astype(np.float64), np.concatenate(full_all).astype(np.float64)
+    gate, margin = bundle.thresholds.gate, bundle.adaptive_tta.gate_margin
+    inside = np.abs(plain - gate) < margin
+    adaptive = np.where(inside, full, plain)
+    changed = int(np.sum((adaptive >= gate) != (full >= gate)))
+    return {
+        "images": len(plain),
+        "unreadable_skipped": unreadable,
+        "gate": gate,
+        "gate_margin": margin,
+        "within_margin": int(inside.sum()),
+        "decisions_changed": changed,
+        "decisions_changed_fraction": changed / len(plain),
+        "max_shift": float(np.abs(full - plain).max()),
+        "shifts_beyond_margin": int(np.sum(np.abs(full - plain) >= margin)),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m export.adaptive_tta",
@@ -97,11 +145,16 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("bundle", type=Path, help="the bundle folder (its card is rewritten and resealed)")
-    parser.add_argument("--validation", nargs="+", required=True, help="validation DICOM files or folders")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--validation", nargs="+", help="validation DICOM files or folders: choose the margin")
+    which.add_argument("--held-out", nargs="+", help="other DICOM files or folders: check the card's margin")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     try:
-        block = adapt(args.bundle, args.validation, threads=args.threads)
+        if args.held_out:
+            block = check_held_out(args.bundle, args.held_out, threads=args.threads)
+        else:
+            block = adapt(args.bundle, args.validation, threads=args.threads)
     except (ExportError, ValueError, TriageError) as exc:
         print(f"adaptive_tta: error: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 2

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.adaptive_tta import adapt, choose_gate_margin, main
+from export.adaptive_tta import adapt, check_held_out, choose_gate_margin, main
 from tests.bundles import build_tiny_bundle
 from triage.bundle import CARD, Bundle, load_bundle, seal
 from triage.cascade.items import load_item
@@ -80,12 +80,23 @@ def test_adaptive_tta_on_validation_and_held_out(data: tuple[Path, list[Path], l
             assert changed == 0 and 0 < inside.sum() < len(files)
         else:  # not guaranteed by construction; on these images TTA's shift stays inside the margin
             assert changed <= 1, changed
+            checked = check_held_out(root, [str(p) for p in files], threads=1, batch=3)
+            assert checked["images"] == len(files) and checked["within_margin"] == int(inside.sum())
+            assert checked["decisions_changed"] == changed
+            assert checked["max_shift"] == pytest.approx(float(np.abs(p_full - plain).max()), abs=1e-6)
 
 
 def _gate_plain(bundle: Bundle, files: list[Path]) -> np.ndarray:
     x = np.stack([load_item(str(f), bundle, ReadPolicy()).gate_input.x for f in files])  # type: ignore[union-attr]
     prob, _ = CascadeModels(bundle, "cpu", 1, adaptive=False).gate(x, use_tta=False)
     return prob
+
+
+def test_held_out_check_needs_a_margin(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bundle = build_tiny_bundle(tmp_path / "b", tta=("none", "hflip"))
+    synthesize(SynthRequest(tmp_path / "s", studies=2, size=256, seed=1), workers=1)
+    assert main([str(bundle), "--held-out", str(tmp_path / "s")]) == 2
+    assert "has no adaptive_tta margin" in capsys.readouterr().err
 
 
 def test_cli_refuses_a_bundle_without_flip_tta(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
