@@ -3,7 +3,8 @@
 Full TTA runs the classifier once per transform (``none`` + ``hflip``: twice). Its flipped pass can only
 change the gate decision of an image whose un-flipped probability p0 is close to the gate threshold t:
 if TTA moves probabilities by at most s (|P(TTA) − p0| ≤ s), no image with |p0 − t| ≥ s changes side.
-The margin is therefore the largest shift TTA made on the validation images (plus 1e-6), so that no
+The margin is therefore the largest shift TTA made on the validation images (plus 1e-6; over every CPU
+variant of the classifier, FP32 and INT8, since the card holds one margin for all), so that no
 validation decision changes by construction (checked, and recorded with its source in the card's
 ``adaptive_tta.chosen_by``); the runtime then runs the flipped pass only on images within the margin
 (``triage.cascade.models.CascadeModels.gate``). Images outside the validation set can shift more than
@@ -33,7 +34,7 @@ import numpy as np
 
 from export.errors import ExportError
 from export.images import load_images
-from triage.bundle import CARD, load_bundle, seal
+from triage.bundle import CARD, Bundle, load_bundle, seal
 from triage.cascade.items import load_item
 from triage.cascade.models import CascadeModels
 from triage.errors import TriageError
@@ -73,18 +74,23 @@ def adapt(bundle_root: Path, validation: list[str], *, threads: int | None = Non
     if bundle.tta[:1] != ("none",) or len(bundle.tta) < 2:
         raise ExportError(f"the bundle's TTA is {list(bundle.tta)}: adaptive TTA needs ['none', ...]")
     images = load_images(validation, bundle, what="validation folder", source={"data": validation})
-    models = CascadeModels(bundle, "cpu", threads, adaptive=False)
     plain, full = [], []
-    for batch in images.batches("classifier"):
-        plain.append(models.gate(batch, use_tta=False)[0])
-        full.append(models.gate(batch, use_tta=True)[0])
+    variants = cpu_variants(bundle)
+    for variant in variants:  # one margin for all: the largest shift of any variant the CPU may run
+        models = CascadeModels(bundle, "cpu", threads, variant=variant, adaptive=False)
+        for batch in images.batches("classifier"):
+            plain.append(models.gate(batch, use_tta=False)[0])
+            full.append(models.gate(batch, use_tta=True)[0])
     chosen = choose_gate_margin(np.concatenate(plain), np.concatenate(full), bundle.thresholds.gate)
+    chosen["images"] //= len(variants)
+    chosen["within_margin_all_variants"] = chosen.pop("within_margin")
     block = {
         "gate_margin": chosen.pop("gate_margin"),
         "chosen_by": {
             **images.source,
             **chosen,
             "gate": bundle.thresholds.gate,
+            "variants": variants,
             "tta": list(bundle.tta),
             "rule": "largest |P(TTA) - P(un-flipped)| on these images + 1e-6: no decision changes on them",
             "tool": "python -m export.adaptive_tta",
@@ -98,44 +104,62 @@ def adapt(bundle_root: Path, validation: list[str], *, threads: int | None = Non
     return block
 
 
+def cpu_variants(bundle: Bundle) -> list[str]:
+    """The variants ``CascadeModels`` can run on the CPU: the classifier's base and those of its ONNX
+    variants (e.g. "int8"; not TensorRT engines) that every model of the bundle has."""
+    spec = bundle.classifier
+    others = [s for s in (bundle.segmenter, bundle.saliency) if s is not None]
+    return [spec.precision] + [
+        name
+        for name, v in spec.variants.items()
+        if v.runtime == "onnx" and all(name in o.variants for o in others)
+    ]
+
+
 def check_held_out(
     bundle_root: Path, paths: list[str], *, threads: int | None = None, batch: int = 8
 ) -> dict[str, Any]:
     """Gate decisions of the bundle's adaptive TTA against full TTA on the images under ``paths`` (read
-    in batches, nothing kept: any number of images). The adaptive probability is full TTA's inside the
-    margin and the un-flipped one outside (what ``CascadeModels.gate`` computes, tested to 1e-6)."""
+    in batches, nothing kept: any number of images), per CPU variant of the classifier. The adaptive
+    probability is full TTA's inside the margin and the un-flipped one outside (what
+    ``CascadeModels.gate`` computes, tested to 1e-6)."""
     bundle = load_bundle(bundle_root)
     if bundle.adaptive_tta is None:
         raise ExportError(f"{bundle_root} has no adaptive_tta margin; choose one with --validation first")
     files, _ = expand_inputs(paths)
-    models = CascadeModels(bundle, "cpu", threads, adaptive=False)
-    plain_all, full_all, unreadable = [], [], 0
+    variants = cpu_variants(bundle)
+    models = {v: CascadeModels(bundle, "cpu", threads, variant=v, adaptive=False) for v in variants}
+    plain_all: dict[str, list[np.ndarray]] = {v: [] for v in variants}
+    full_all: dict[str, list[np.ndarray]] = {v: [] for v in variants}
+    unreadable = 0
     for start in range(0, len(files), batch):
         items = [load_item(str(f), bundle, ReadPolicy(), keep="none") for f in files[start : start + batch]]
         good = [it.gate_input.x for it in items if it.error is None and it.gate_input is not None]
         unreadable += len(items) - len(good)
         if good:
             x = np.stack(good)
-            plain_all.append(models.gate(x, use_tta=False)[0])
-            full_all.append(models.gate(x, use_tta=True)[0])
-    if not plain_all:
+            for v, m in models.items():
+                plain_all[v].append(m.gate(x, use_tta=False)[0])
+                full_all[v].append(m.gate(x, use_tta=True)[0])
+    if not plain_all[variants[0]]:
         raise ExportError(f"held-out {', '.join(paths)}: no readable radiograph")
-    plain, full = np.concatenate(plain_all).astype(np.float64), np.concatenate(full_all).astype(np.float64)
     gate, margin = bundle.thresholds.gate, bundle.adaptive_tta.gate_margin
-    inside = np.abs(plain - gate) < margin
-    adaptive = np.where(inside, full, plain)
-    changed = int(np.sum((adaptive >= gate) != (full >= gate)))
-    return {
-        "images": len(plain),
-        "unreadable_skipped": unreadable,
-        "gate": gate,
-        "gate_margin": margin,
-        "within_margin": int(inside.sum()),
-        "decisions_changed": changed,
-        "decisions_changed_fraction": changed / len(plain),
-        "max_shift": float(np.abs(full - plain).max()),
-        "shifts_beyond_margin": int(np.sum(np.abs(full - plain) >= margin)),
-    }
+    out: dict[str, Any] = {"gate": gate, "gate_margin": margin, "unreadable_skipped": unreadable}
+    for v in variants:
+        plain = np.concatenate(plain_all[v]).astype(np.float64)
+        full = np.concatenate(full_all[v]).astype(np.float64)
+        inside = np.abs(plain - gate) < margin
+        adaptive = np.where(inside, full, plain)
+        changed = int(np.sum((adaptive >= gate) != (full >= gate)))
+        out[v] = {
+            "images": len(plain),
+            "within_margin": int(inside.sum()),
+            "decisions_changed": changed,
+            "decisions_changed_fraction": changed / len(plain),
+            "max_shift": float(np.abs(full - plain).max()),
+            "shifts_beyond_margin": int(np.sum(np.abs(full - plain) >= margin)),
+        }
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,12 +4,13 @@ runs only inside it, and probabilities / CAMs inside it are exactly full TTA's."
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from export.adaptive_tta import adapt, check_held_out, choose_gate_margin, main
+from export.adaptive_tta import adapt, check_held_out, choose_gate_margin, cpu_variants, main
 from tests.bundles import build_tiny_bundle
 from triage.bundle import CARD, Bundle, load_bundle, seal
 from triage.cascade.items import load_item
@@ -81,15 +82,52 @@ def test_adaptive_tta_on_validation_and_held_out(data: tuple[Path, list[Path], l
         else:  # not guaranteed by construction; on these images TTA's shift stays inside the margin
             assert changed <= 1, changed
             checked = check_held_out(root, [str(p) for p in files], threads=1, batch=3)
-            assert checked["images"] == len(files) and checked["within_margin"] == int(inside.sum())
-            assert checked["decisions_changed"] == changed
-            assert checked["max_shift"] == pytest.approx(float(np.abs(p_full - plain).max()), abs=1e-6)
+            fp32 = checked["fp32"]
+            assert fp32["images"] == len(files) and fp32["within_margin"] == int(inside.sum())
+            assert fp32["decisions_changed"] == changed
+            assert fp32["max_shift"] == pytest.approx(float(np.abs(p_full - plain).max()), abs=1e-6)
 
 
 def _gate_plain(bundle: Bundle, files: list[Path]) -> np.ndarray:
     x = np.stack([load_item(str(f), bundle, ReadPolicy()).gate_input.x for f in files])  # type: ignore[union-attr]
     prob, _ = CascadeModels(bundle, "cpu", 1, adaptive=False).gate(x, use_tta=False)
     return prob
+
+
+def test_one_margin_covers_every_cpu_variant(
+    tmp_path: Path, data: tuple[Path, list[Path], list[Path]]
+) -> None:
+    """A second CPU variant (here: another network, as an INT8 graph would be) with larger TTA shifts
+    widens the margin, so that neither variant changes a validation decision; TensorRT is not a CPU one."""
+    _, validation, _ = data
+    root = build_tiny_bundle(tmp_path / "b", cls_size=64, seg_size=64, tta=("none", "hflip"))
+    other = build_tiny_bundle(tmp_path / "other", cls_size=64, seg_size=64, seed=5, tta=("none", "hflip"))
+    shutil.copy(other / "classifier.onnx", root / "classifier.other.onnx")
+    card = json.loads((root / CARD).read_text())
+    card["models"]["classifier"]["variants"] = {
+        "int8": {"file": "classifier.other.onnx", "runtime": "onnx", "precision": "int8"},
+        "tensorrt-fp16": {"file": "classifier.other.onnx", "runtime": "tensorrt", "precision": "fp16"},
+    }
+    card["models"]["segmenter"]["variants"] = {
+        "int8": {"file": "segmenter.onnx", "runtime": "onnx", "precision": "int8"},
+        "tensorrt-fp16": {"file": "segmenter.onnx", "runtime": "tensorrt", "precision": "fp16"},
+    }
+    (root / CARD).write_text(json.dumps(card))
+    seal(root)
+    assert cpu_variants(load_bundle(root)) == ["fp32", "int8"]
+    block = adapt(root, [str(p) for p in validation])
+    bundle = load_bundle(root)
+    shifts = {}
+    for variant in ("fp32", "int8"):
+        x = np.stack([load_item(str(f), bundle, ReadPolicy()).gate_input.x for f in validation])  # type: ignore[union-attr]
+        models = CascadeModels(bundle, "cpu", 1, variant=variant, adaptive=False)
+        plain, full = models.gate(x, use_tta=False)[0], models.gate(x, use_tta=True)[0]
+        shifts[variant] = float(np.abs(full - plain).max())
+        adaptive = np.where(np.abs(plain - bundle.thresholds.gate) < block["gate_margin"], full, plain)
+        assert np.array_equal(adaptive >= bundle.thresholds.gate, full >= bundle.thresholds.gate)
+    assert shifts["int8"] > shifts["fp32"]  # the other network shifts more: the fp32 shift alone is too small
+    assert block["gate_margin"] == pytest.approx(max(shifts.values()) + 1e-6, abs=1e-7)
+    assert block["chosen_by"]["variants"] == ["fp32", "int8"]
 
 
 def test_held_out_check_needs_a_margin(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
