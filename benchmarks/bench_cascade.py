@@ -123,6 +123,9 @@ def main() -> None:
     )
     parser.add_argument("--studies", type=int, default=100)
     parser.add_argument(
+        "--first", type=int, default=0, help="run the arms on the first N studies of the set only (0: all)"
+    )
+    parser.add_argument(
         "--long", type=int, default=1000, help="studies in the runtime's memory pass (0: skip)"
     )
     parser.add_argument("--compression", default="none,j2k")
@@ -184,7 +187,7 @@ def main() -> None:
                     continue  # decoded tensors: the same for every compression and decode mode
                 suffix = "" if variant in ("fp32", "torch") else f"-{variant}"
                 tag = f"floor{suffix}" if arm == "floor" else f"{arm}-{comp}{suffix}"
-                plan.append((tag, arm, variant, study_files(data)))
+                plan.append((tag, arm, variant, study_files(data)[: args.first or None]))
     results: dict[str, dict[str, Any]] = {}
     raw: dict[str, Any] = {}
     runs: dict[str, list[dict[str, Any]]] = {}
@@ -196,7 +199,7 @@ def main() -> None:
             if tag not in raw or summarise(result)["studies_per_s"] > results[tag]["studies_per_s"]:
                 raw[tag], results[tag] = result, summarise(result)
     if args.long and "runtime" in arms:
-        files = study_files(datasets.get("none") or next(iter(datasets.values())))
+        files = study_files(datasets.get("none") or next(iter(datasets.values())))[: args.first or None]
         links = args.work / "long"
         shutil.rmtree(links, ignore_errors=True)
         links.mkdir()
