@@ -1,0 +1,1 @@
+"""Saliency work: attribution, the heatmap loss, the saliency U-Net and their experiments."""
