@@ -3,9 +3,14 @@ the heatmap loss must move attribution off the confounder; a loss with no effect
 
 Criterion (one function, applied to every variant): against a cross-entropy model trained with the same
 seed, data and schedule, the variant's mean mass on the confounder (HiResCAM of the predicted class, on the
-8×8 grid: the quantity the loss trains) is below half the cross-entropy model's, and the cross-entropy
-model itself put at least twice a uniform map's mass on it (otherwise there was nothing to move and the
-comparison proves nothing).
+8×8 grid: the quantity the loss trains) is below half the cross-entropy model's. The cross-entropy
+model must itself have learned the shortcut — on the decorrelated test set it ranks negatives with the
+marker above positives without it (AUC on those pairs < 0.5) and its map puts more than a uniform map's
+mass on the marker — otherwise there was nothing to move and the comparison proves nothing.
+
+What this does *not* show: that the model stops using the marker. With this network the last layer's
+receptive field (21 px of 32) reaches the marker from cells inside the relevant region, and the
+heatmap-loss model here still ranks on the marker (docs/saliency.md, "toy confounder").
 """
 
 from __future__ import annotations
@@ -19,14 +24,18 @@ import torch
 from torch import nn
 
 from training.heatmap_loss import HeatmapLoss, HeatmapLossConfig
+from training.models import CamClassifier
 from training.saliency.protocol import (
     FitSettings,
     Tensors,
     chance_and_ceiling,
+    confounder_present,
     fit_classifier,
     maps,
+    probabilities,
     region_mass,
     scheduled,
+    shortcut_auc,
     small_cam_net,
 )
 from training.saliency.toy import toy_confounder_set
@@ -53,10 +62,14 @@ def _loss(variant: str, train: Tensors) -> HeatmapLoss | None:
     return DetachedHeatmapLoss(config) if variant == "detached" else HeatmapLoss(config)
 
 
-def _confounder_mass(variant: str, train: Tensors, test: Tensors) -> float:
+def _train(variant: str, train: Tensors) -> CamClassifier:
     torch.set_num_threads(1)
     model = small_cam_net(width=8, stride=4, seed=0)  # 32 px → an 8×8 map
     fit_classifier(model, train, _loss(variant, train), SETTINGS)
+    return model
+
+
+def _confounder_mass(model: CamClassifier, test: Tensors) -> float:
     return float(np.nanmean(region_mass(maps(model, test.image), test.regions["confounder"])))
 
 
@@ -65,7 +78,10 @@ def data() -> tuple[Tensors, Tensors, float, float]:
     train = toy_confounder_set(256, seed=1)  # marker in 90 % of positives, 10 % of negatives
     test = toy_confounder_set(200, seed=2, p_pos=0.5, p_neg=0.5)  # decorrelated
     chance = chance_and_ceiling(test.regions["confounder"], (8, 8))["chance"]
-    return train, test, chance, _confounder_mass("ce", train, test)
+    ce = _train("ce", train)
+    marker = confounder_present(test)
+    assert shortcut_auc(probabilities(ce, test.image), test.label.numpy() > 0, marker) < 0.5
+    return train, test, chance, _confounder_mass(ce, test)
 
 
 @pytest.mark.parametrize(
@@ -76,7 +92,7 @@ def test_the_heatmap_loss_moves_attribution_off_a_planted_confounder(
     data: tuple[Tensors, Tensors, float, float], variant: str, moves_attribution: bool
 ) -> None:
     train, test, chance, ce_mass = data
-    assert ce_mass > 2 * chance, f"CE put {ce_mass:.3f} on the confounder, chance {chance:.3f}: toy too hard"
-    mass = _confounder_mass(variant, train, test)
+    assert ce_mass > chance, f"CE put {ce_mass:.3f} on the confounder, chance {chance:.3f}: toy too hard"
+    mass = _confounder_mass(_train(variant, train), test)
     passes = mass < 0.5 * ce_mass
     assert passes == moves_attribution, f"{variant}: confounder mass {mass:.3f} vs CE {ce_mass:.3f}"

@@ -155,6 +155,21 @@ def auc(model: nn.Module, data: Tensors) -> float:
     return float(metrics.roc_auc(probabilities(model, data.image), data.label.numpy() > 0))
 
 
+def confounder_present(data: Tensors, key: str = "confounder") -> np.ndarray:
+    """(N,) bool: images whose confounder mask exists (not all-NaN) and is non-empty."""
+    m = data.regions[key].float().flatten(1)
+    return (~torch.isnan(m).all(dim=1) & (torch.nan_to_num(m, nan=0.0).sum(dim=1) > 0)).numpy()
+
+
+def shortcut_auc(p: np.ndarray, y: np.ndarray, confounder: np.ndarray) -> float | None:
+    """AUC on the pairs a confounder detector gets wrong: positives without the confounder vs negatives
+    with it (< 0.5: the model ranks on the confounder). None if either group is empty."""
+    keep = (y & ~confounder) | (~y & confounder)
+    if not (y[keep].any() and (~y[keep]).any()):
+        return None
+    return float(metrics.roc_auc(p[keep], y[keep]))
+
+
 def accuracy(model: nn.Module, data: Tensors) -> float:
     return float(((probabilities(model, data.image) >= 0.5) == (data.label.numpy() > 0)).mean())
 

@@ -42,7 +42,7 @@ def toy_confounder_set(
         image[i, 0][disc] += lesion_contrast
     p = torch.where(label > 0, torch.tensor(p_pos), torch.tensor(p_neg))
     has_marker = torch.rand(n, generator=g) < p
-    side = max(3, size // 6)
+    side = q - 1  # the whole corner square up to the relevant region
     marker = torch.full((n, 1, size, size), float("nan"))
     for i in torch.nonzero(has_marker).flatten().tolist():
         image[i, 0, 1 : 1 + side, 1 : 1 + side] += marker_contrast
