@@ -201,7 +201,7 @@ def build_transform(spec: dict[str, Any]) -> Transform:
     params = dict(spec)
     name = params.pop("name", None)
     if str(name) not in TRANSFORMS:
-        import training.saliency_terms  # noqa: F401  (registers corruption)
+        import training.saliency.terms  # noqa: F401  (registers corruption)
     factory = TRANSFORMS.get(str(name))
     if factory is None:
         raise ConfigError(f"unknown augment.extra transform {name!r}; valid: {sorted(TRANSFORMS)}")

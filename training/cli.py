@@ -40,8 +40,8 @@ def train_command(role: str, data: Path, out: Path, *, preset: str, config: Path
     try:
         cfg = resolve(role, preset, config, overrides, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                       device=device, workers=workers)
-        if saliency:  # --heatmap-loss ..., --corruption-augment P (training/saliency_cli.py)
-            from training.saliency_cli import SaliencyOptions, apply_saliency_options
+        if saliency:  # --heatmap-loss ..., --corruption-augment P (training/saliency/cli.py)
+            from training.saliency.cli import SaliencyOptions, apply_saliency_options
 
             cfg = apply_saliency_options(cfg, SaliencyOptions(**saliency))
         fold_value = fold if fold in ("all", "full") else parse_fold(fold, folds)

@@ -28,7 +28,7 @@ import yaml
 from training.models import ArchSpec
 
 PRESETS = ("seed", "small", "tiny")
-ROLES = ("classifier", "segmenter", "baseline", "saliency")  # saliency: training/saliency_config.py
+ROLES = ("classifier", "segmenter", "baseline", "saliency")  # saliency: training/saliency/config.py
 CLASSIFIER_LOSSES = ("soft_f1", "bce", "focal")
 SEGMENTER_LOSSES = ("jaccard", "dice", "bce", "focal", "lovasz", "combo")
 OPTIMIZERS = ("radam", "adam", "adamw", "sgd")
@@ -205,7 +205,7 @@ def preset(name: str, role: str) -> TrainConfig:
     _check("preset", name, PRESETS)
     _check("role", role, ROLES)
     if role == "saliency":
-        from training.saliency_config import saliency_preset
+        from training.saliency.config import saliency_preset
 
         return saliency_preset(name)
     if role == "classifier":

@@ -133,7 +133,7 @@ def build_extra_terms(config: TrainConfig) -> list[WeightedTerm]:
         name = str(params.pop("name", ""))
         weight = float(params.pop("weight", 1.0))
         if name not in LOSS_TERMS:
-            import training.saliency_terms  # noqa: F401  (registers heatmap, saliency_map)
+            import training.saliency.terms  # noqa: F401  (registers heatmap, saliency_map)
         factory = LOSS_TERMS.get(name)
         if factory is None:
             raise ConfigError(f"unknown extra loss {name!r}; registered: {sorted(LOSS_TERMS) or 'none'}")

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import training.saliency_terms  # noqa: F401  (registers the terms)
+import training.saliency.terms  # noqa: F401  (registers the terms)
 from training.config import resolve
 from training.run import RunRequest, train
-from training.saliency_targets import TargetError
-from training.saliency_task import TargetSpec
-from training.saliency_terms import DataCheckError
-from training.saliency_train import train_saliency
+from training.saliency.targets import TargetError
+from training.saliency.task import TargetSpec
+from training.saliency.terms import DataCheckError
+from training.saliency.train import train_saliency
 from triage.data.folder import write_item
 from triage.synth.dataset import SynthRequest, read_metadata, synthesize
 

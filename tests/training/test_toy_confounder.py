@@ -23,8 +23,8 @@ import pytest
 import torch
 from torch import nn
 
-from training.heatmap_loss import HeatmapLoss, HeatmapLossConfig
 from training.models import CamClassifier
+from training.saliency.heatmap_loss import HeatmapLoss, HeatmapLossConfig
 from training.saliency.protocol import (
     FitSettings,
     Tensors,

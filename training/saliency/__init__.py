@@ -1,1 +1,2 @@
-"""Saliency work: attribution, the heatmap loss, the saliency U-Net and their experiments."""
+"""Saliency training, attribution and evaluation: the saliency U-Net (``triage train saliency``), HiResCAM /
+Grad-CAM attribution, the heatmap loss, the shortcut experiment and their command bodies."""

@@ -3,12 +3,12 @@ schedule, and the grid-level mass that is both the training objective and the re
 
 Why a loop of its own: the experiments need per-step control the trainer does not give (a λ warm-up and
 ramp, the heatmap term logged per epoch to see it plateau, a validation filter, dozens of small models in
-one process); the loss itself is :class:`training.heatmap_loss.HeatmapLoss`, the same object the trainer
-uses as an extra loss term, so what is measured here is what ``triage train classifier --heatmap-loss``
-trains.
+one process); the loss itself is :class:`training.saliency.heatmap_loss.HeatmapLoss`, the same object
+the trainer uses as an extra loss term, so what is measured here is what ``triage train classifier
+--heatmap-loss`` trains.
 
 Mass on the grid: with Ĥ the normalised map (N, 1, h, w) and R the fraction of each grid cell inside a
-region (:func:`training.heatmap_loss.region_on_grid`), ``mass = Σ Ĥ R / Σ Ĥ`` per image — exactly
+region (:func:`training.saliency.heatmap_loss.region_on_grid`), ``mass = Σ Ĥ R / Σ Ĥ`` per image — exactly
 1 − the ``irrelevant``/``fraction`` heatmap term. Beside every mass figure the experiments print:
 
 * **chance**: a uniform map's mass, mean(R);
@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.attribution import attribute, normalise_map
-from training.heatmap_loss import HeatmapExplosion, HeatmapLoss, region_on_grid
 from training.models import CamClassifier
+from training.saliency.attribution import attribute, normalise_map
+from training.saliency.heatmap_loss import HeatmapExplosion, HeatmapLoss, region_on_grid
 from triage import metrics
 
 

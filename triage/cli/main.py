@@ -349,7 +349,7 @@ from triage.cli.train_cmd import train_app  # noqa: E402
 app.add_typer(train_app, name="train")
 
 # Saliency: `triage train saliency`, `triage export-saliency`, `triage shortcut-experiment`; typer options in
-# triage/cli/saliency_cmd.py, bodies (torch, imported when a command runs) in training/saliency_cli.py.
+# triage/cli/saliency_cmd.py, bodies (torch, imported when a command runs) in training/saliency/cli.py.
 from triage.cli.saliency_cmd import (  # noqa: E402
     export_saliency_command,
     shortcut_command,

@@ -1,5 +1,5 @@
 """Typer options of ``triage train saliency``, ``triage export-saliency`` and ``triage shortcut-experiment``
-(the training extra). Imports only typer: the bodies in training/saliency_cli.py (torch) are imported when
+(the training extra). Imports only typer: the bodies in training/saliency/cli.py (torch) are imported when
 a command runs. docs/saliency.md describes them."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import typer
 
 def _bodies(command: str) -> Any:
     try:
-        return importlib.import_module("training.saliency_cli")
+        return importlib.import_module("training.saliency.cli")
     except ImportError as exc:
         typer.echo(
             f"triage {command}: error: needs the training extra: pip install 'triage[training]' ({exc})",

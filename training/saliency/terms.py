@@ -1,14 +1,14 @@
 """The saliency work's hooks into the trainer: extra loss terms and an augmentation, registered by name.
 
-* loss term ``heatmap`` (:class:`HeatmapTerm`): the heatmap loss of :mod:`training.heatmap_loss`, listed
-  in a classifier config as ``extra_losses: [{name: heatmap, weight: λ, method: hirescam, which:
-  predicted, mode: irrelevant, region: lungs, layer: null, reduction: fraction, warmup_steps: 0,
-  ramp_steps: 0}]`` — what ``triage train classifier
-  --heatmap-loss hirescam --heatmap-weight λ`` writes. Before training starts it checks the data: every
+* loss term ``heatmap`` (:class:`HeatmapTerm`): the heatmap loss of
+  :mod:`training.saliency.heatmap_loss`, listed in a classifier config as ``extra_losses: [{name: heatmap,
+  weight: λ, method: hirescam, which: predicted, mode: irrelevant, region: lungs, layer: null, reduction:
+  fraction, warmup_steps: 0, ramp_steps: 0}]`` — what ``triage train classifier --heatmap-loss hirescam
+  --heatmap-weight λ`` writes. Before training starts it checks the data: every
   training image needs its region mask (lung fields, or the pneumothorax mask for ``region: lesion``),
   none of them empty.
 * loss term ``saliency_map`` (:class:`SaliencyMapTerm`): the map part of the saliency U-Net's mixed
-  objective (:mod:`training.saliency_losses`).
+  objective (:mod:`training.saliency.losses`).
 * augmentation ``corruption`` (:class:`CorruptionAugment`): one of the 5 × 5 robustness corruptions
   (:mod:`triage.corruptions`) with probability ``p`` — ``--corruption-augment``.
 
@@ -27,9 +27,9 @@ import torch
 from torch import nn
 
 from training.augment import TRANSFORMS, Sample
-from training.heatmap_loss import HeatmapLoss, HeatmapLossConfig
 from training.losses import LOSS_TERMS
-from training.saliency_losses import MAP_LOSSES, MapLoss, map_loss
+from training.saliency.heatmap_loss import HeatmapLoss, HeatmapLossConfig
+from training.saliency.losses import MAP_LOSSES, MapLoss, map_loss
 from triage.corruptions import random_corruption
 
 

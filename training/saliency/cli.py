@@ -13,14 +13,14 @@ from typing import Any
 
 import typer
 
-import training.saliency_terms  # noqa: F401  (registers the loss terms and the corruption augmentation)
+import training.saliency.terms  # noqa: F401  (registers the loss terms and the corruption augmentation)
 from training.config import ConfigError, TrainConfig, resolve
 from training.engine import Interrupted
-from training.heatmap_loss import HeatmapLossConfig
 from training.run import RunRequest, parse_fold
-from training.saliency_losses import MAP_LOSSES
-from training.saliency_targets import TargetError
-from training.saliency_terms import DataCheckError
+from training.saliency.heatmap_loss import HeatmapLossConfig
+from training.saliency.losses import MAP_LOSSES
+from training.saliency.targets import TargetError
+from training.saliency.terms import DataCheckError
 
 HEATMAP_METHODS = ("hirescam", "gradcam")
 
@@ -73,8 +73,8 @@ def apply_saliency_options(cfg: TrainConfig, options: SaliencyOptions) -> TrainC
             layer=o.heatmap_layer,
         )  # type: ignore[arg-type]
         if o.heatmap_layer is not None:
-            from training.attribution import resolve_layer
             from training.models import build_model
+            from training.saliency.attribution import resolve_layer
 
             resolve_layer(build_model(cfg.arch), o.heatmap_layer)
         term = {
@@ -122,8 +122,8 @@ def train_saliency_command(
     cache: Path | None,
     quiet: bool,
 ) -> int:
-    from training.saliency_task import TargetSpec
-    from training.saliency_train import train_saliency
+    from training.saliency.task import TargetSpec
+    from training.saliency.train import train_saliency
 
     _setup_logging(quiet)
     command = "train saliency"
@@ -174,7 +174,7 @@ def train_saliency_command(
 
 
 def export_saliency_command(run: Path, bundle: Path) -> int:
-    from training.saliency_export import add_to_bundle
+    from training.saliency.export import add_to_bundle
     from triage.errors import TriageError
 
     try:
@@ -200,7 +200,7 @@ def shortcut_command(
     cache: Path | None,
     quiet: bool,
 ) -> int:
-    from training.shortcut import ShortcutSetup, run_experiment
+    from training.saliency.shortcut import ShortcutSetup, run_experiment
 
     _setup_logging(quiet)
     try:

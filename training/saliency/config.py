@@ -5,7 +5,7 @@
 * ``small``: ResNet-18 encoder at 128 px, for a 2-core CPU.
 * ``tiny``: seconds, for tests.
 
-All: BCE on the head's logit, plus the ``saliency_map`` term (:mod:`training.saliency_terms`) with
+All: BCE on the head's logit, plus the ``saliency_map`` term (:mod:`training.saliency.terms`) with
 ``kind`` bce, α = 1 (decoder only) and weight 1 (γ = ½ in the source's γ·L_cls + (1 − γ)·L_map); Adam,
 one-cycle, balanced batches; the trainer's half-strength augmentation (``LIGHT_AUGMENT``: at full strength
 models from random weights did not learn on a 2-core budget), without Cutout (it would punch holes the

@@ -1,7 +1,7 @@
 """The heatmap loss: a penalty on attribution that falls where it should not (seeds.md, B).
 
 ``loss = classification loss + λ(step) · heatmap term``. The heatmap term is computed on the normalised
-attribution map Ĥ = ReLU(H)/max(H) (N, 1, h, w) of :mod:`training.attribution`, with the region mask
+attribution map Ĥ = ReLU(H)/max(H) (N, 1, h, w) of :mod:`training.saliency.attribution`, with the region mask
 (lung fields, the pneumothorax mask, or any region the batch carries) resized to the map's grid by area
 averaging, so that a grid cell holds the *fraction* R ∈ [0, 1] of its pixels inside the region.
 
@@ -34,7 +34,8 @@ Bad input:
   → ValueError by default; with ``on_missing="skip"`` they are left out of the term and counted in the
   ``heatmap_skipped`` log (a documented fallback, never silent);
 * a map grid smaller than ``min_grid`` × ``min_grid`` → ValueError (use a larger input or an earlier
-  ``layer``); an unknown ``layer`` → ValueError listing the valid names (:mod:`training.attribution`).
+  ``layer``); an unknown ``layer`` → ValueError listing the valid names
+  (:mod:`training.saliency.attribution`).
 
 Shape: ``image`` (N, C, H, W); region masks (N, 1, H, W) or (N, H, W), values in [0, 1].
 """
@@ -49,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.attribution import (
+from training.saliency.attribution import (
     CLASS_CHOICES,
     METHODS,
     ClassChoice,

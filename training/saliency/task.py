@@ -3,7 +3,7 @@ validation metrics.
 
 Batches carry ``target`` (N, 1, H, W) in [0, 1] and ``has_target`` (N,): the phantom's reading heatmap
 (``--target heatmap``), the blurred pneumothorax mask (``--target lesion``) or the eye-gaze heatmap
-(``--target gaze``), all on the model grid (:mod:`training.saliency_targets`). The target moves with the
+(``--target gaze``), all on the model grid (:mod:`training.saliency.targets`). The target moves with the
 image under the geometric augmentations (it is one of the sample's maps).
 
 Validation: the classifier head's AUC (the metric that picks the best epoch) and, on validation images
@@ -25,7 +25,7 @@ from training.augment import Sample
 from training.data import GridDataset
 from training.losses import Batch, Outputs
 from training.models import SaliencyNet
-from training.saliency_targets import (
+from training.saliency.targets import (
     DEFAULT_GAZE_SIGMA,
     Fixation,
     TargetError,
