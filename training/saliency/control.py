@@ -44,7 +44,6 @@ No correction for multiple comparisons is applied; the tables say how many there
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import time
@@ -58,6 +57,7 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
+from training.saliency.control_report import append_row, compare, markdown, read_rows
 from training.saliency.eval import class_maps
 from training.saliency.heatmap_loss import HeatmapLoss, HeatmapLossConfig
 from training.saliency.protocol import (
@@ -78,19 +78,10 @@ from training.saliency.protocol import (
 from triage.cascade.preprocess import fit
 from triage.data.dataset import list_dataset
 from triage.data.gridcache import GridSpec, ensure_grids
-from triage.saliency_metrics import compare_groups
 from triage.synth.config import PhantomConfig
 from triage.synth.dataset import SynthRequest, read_metadata, synthesize
 
 EXPERIMENTS = ("marker", "drain")
-ENDPOINTS = ("mass_confounder", "mass_lungs", "auc")
-SECONDARY = (
-    "auc_hard_pairs",
-    "gradcam_early/mass_confounder",
-    "gradcam_early/mass_lungs",
-    "occlusion/mass_confounder",
-    "occlusion/mass_lungs",
-)
 
 
 @dataclass(frozen=True)
@@ -117,6 +108,7 @@ class ControlSetup:
     data_seed: int = 300
     cache: Path | None = None
     arms: tuple[str, ...] = field(default=())
+    report_only: bool = False
 
     def __post_init__(self) -> None:
         if self.experiment not in EXPERIMENTS:
@@ -318,55 +310,6 @@ def reference_levels(setup: ControlSetup, test: Tensors) -> dict[str, dict[str, 
     return levels
 
 
-COLUMNS = [
-    "arm", "region", "lambda", "seed", "kept", "val_acc", "val_auc", "auc", "auc_hard_pairs",
-    "mass_confounder", "mass_lungs", "gradcam_early/mass_confounder", "gradcam_early/mass_lungs",
-    "occlusion/mass_confounder", "occlusion/mass_lungs", "dead", "term_first", "term_last", "bce_last",
-    "train_s", "term_curve",
-]  # fmt: skip
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    with path.open(newline="", encoding="utf-8") as f:
-        return [dict(r) for r in csv.DictReader(f)]
-
-
-def append_row(path: Path, row: dict[str, Any]) -> None:
-    new = not path.is_file()
-    with path.open("a", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        if new:
-            w.writeheader()
-        w.writerow({k: "" if row.get(k) is None else row[k] for k in COLUMNS})
-
-
-def compare(rows: Sequence[dict[str, Any]], arms: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Per heatmap arm and measure: CE vs arm over the kept models (Mann–Whitney, effect sizes, means)."""
-
-    def values(arm: str, key: str) -> list[float]:
-        return [float(r[key]) for r in rows if r["arm"] == arm and r["kept"] in (1, "1") and r[key] != ""]
-
-    out: dict[str, dict[str, Any]] = {}
-    for arm in arms:
-        if arm == "ce":
-            continue
-        out[arm] = {}
-        for key in (*ENDPOINTS, *SECONDARY):
-            a, b = values(arm, key), values("ce", key)
-            entry: dict[str, Any] = {
-                "arm_mean": float(np.mean(a)) if a else None,
-                "arm_sd": float(np.std(a, ddof=1)) if len(a) > 1 else None,
-                "ce_mean": float(np.mean(b)) if b else None,
-                "ce_sd": float(np.std(b, ddof=1)) if len(b) > 1 else None,
-            }
-            if a and b:
-                entry.update(compare_groups(a, b).to_dict())
-            out[arm][key] = entry
-    return out
-
-
 def run(setup: ControlSetup, on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
     setup.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -374,7 +317,7 @@ def run(setup: ControlSetup, on_step: Callable[[str], None] | None = None) -> di
     models = setup.out / "models.csv"
     done = {(r["arm"], int(r["seed"])) for r in read_rows(models)}
     arms = setup.arm_names()
-    for seed in range(setup.seeds):
+    for seed in range(0 if setup.report_only else setup.seeds):
         for arm in arms:
             if (arm, seed) in done:
                 continue
@@ -396,57 +339,6 @@ def run(setup: ControlSetup, on_step: Callable[[str], None] | None = None) -> di
     return result
 
 
-LABELS = {
-    "mass_confounder": ("HiResCAM mass on the confounder", "cam/confounder"),
-    "mass_lungs": ("HiResCAM mass inside the lungs", "cam/lungs"),
-    "auc": ("AUC, decorrelated test set", None),
-    "auc_hard_pairs": ("AUC, positives without vs negatives with the confounder", None),
-    "gradcam_early/mass_confounder": ("audit: Grad-CAM early, on confounder", "gradcam_early/confounder"),
-    "gradcam_early/mass_lungs": ("audit: Grad-CAM early, inside the lungs", "gradcam_early/lungs"),
-    "occlusion/mass_confounder": ("audit: occlusion mass on the confounder", "occlusion/confounder"),
-    "occlusion/mass_lungs": ("audit: occlusion mass inside the lungs", "occlusion/lungs"),
-}  # fmt: skip
-
-
-def _fmt(mean: float | None, sd: float | None) -> str:
-    if mean is None:
-        return "–"
-    return f"{mean:.3f} ± {sd:.3f}" if sd is not None else f"{mean:.3f}"
-
-
-def markdown(result: dict[str, Any]) -> str:
-    ref = result["reference"]
-    lines = []
-    for arm, table in result["comparison"].items():
-        lines += [
-            f"**{arm}** vs **ce** (kept models: {result['kept'].get(arm, 0)} vs "
-            f"{result['kept'].get('ce', 0)})",
-            "",
-            "| measure (per model, mean over test images) | chance | ceiling | ce | heatmap | p (MWU) | CLES "
-            "| r | d |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-        ]
-        for key, (label, level) in LABELS.items():
-            e = table.get(key, {})
-            lv = ref.get(level, {}) if level else {}
-            chance = f"{lv['chance']:.3f}" if lv else "0.5"
-            ceiling = f"{lv['ceiling']:.3f}" if lv else "1"
-            if key == "mass_confounder" or key.endswith("/mass_confounder"):
-                ceiling = f"{lv['floor']:.3f} (floor)" if lv else "–"
-            p = e.get("p_value")
-            lines.append(
-                f"| {label} | {chance} | {ceiling} | {_fmt(e.get('ce_mean'), e.get('ce_sd'))} | "
-                f"{_fmt(e.get('arm_mean'), e.get('arm_sd'))} | {'–' if p is None else f'{p:.3g}'} | "
-                f"{_num(e.get('cles'))} | {_num(e.get('rank_biserial'))} | {_num(e.get('cohen_d'))} |"
-            )
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _num(v: float | None) -> str:
-    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:+.2f}"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     doc = (__doc__ or "").split("\n")[0]
     ap = argparse.ArgumentParser(prog="python -m training.saliency.control", description=doc)
@@ -462,6 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--min-val-acc", type=float, default=0.75)
     ap.add_argument("--arms", nargs="*", default=[], help="only these arms (e.g. ce lungs@1)")
     ap.add_argument("--cache", type=Path, default=None)
+    ap.add_argument("--report-only", action="store_true", help="tables from DIR/models.csv, no training")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     setup = ControlSetup(
@@ -477,6 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         min_val_acc=args.min_val_acc,
         arms=tuple(args.arms),
         cache=args.cache,
+        report_only=args.report_only,
     )
     result = run(setup, on_step=lambda s: print(f"[{time.strftime('%H:%M:%S')}] {s}", flush=True))
     print(markdown(result))
