@@ -325,6 +325,8 @@ def run(setup: ControlSetup, on_step: Callable[[str], None] | None = None) -> di
                 on_step(f"{arm} seed {seed}")
             append_row(models, train_and_score(setup, sets, arm, seed))
     rows = [r for r in read_rows(models) if r["arm"] in arms and int(r["seed"]) < setup.seeds]
+    for r in rows:  # the filter is applied at report time: --min-val-acc 0 reports every model
+        r["kept"] = "1" if float(r["val_acc"]) >= setup.min_val_acc else "0"
     result = {
         "setup": setup.to_dict(),
         "sets": {k: {"images": len(v), "positives": int(v.label.sum()),
