@@ -82,12 +82,22 @@ from triage.synth.config import PhantomConfig
 from triage.synth.dataset import SynthRequest, read_metadata, synthesize
 
 EXPERIMENTS = ("marker", "drain")
+PHANTOMS = ("default", "easy")
+EASY = {
+    "ptx_lucency": 0.35,
+    "pleural_line_contrast": 0.4,
+    "collapse_density": 0.2,
+    "size_weights": (0.0, 0.3, 0.7),
+}
+"""``--phantom easy``: a pneumothorax a small network can see at 64 px (no small cases, 4x the pleural line
+and lucency) — the source's task was easy (models kept above 95 % validation accuracy)."""
 
 
 @dataclass(frozen=True)
 class ControlSetup:
     out: Path
     experiment: str = "marker"
+    phantom: str = "default"
     seeds: int = 10
     lambdas: tuple[float, ...] = (0.3, 1.0, 3.0, 10.0)
     reduction: str = "fraction"
@@ -113,6 +123,8 @@ class ControlSetup:
     def __post_init__(self) -> None:
         if self.experiment not in EXPERIMENTS:
             raise ValueError(f"--experiment must be one of {EXPERIMENTS}, got {self.experiment!r}")
+        if self.phantom not in PHANTOMS:
+            raise ValueError(f"--phantom must be one of {PHANTOMS}, got {self.phantom!r}")
         if self.seeds < 1:
             raise ValueError(f"--seeds must be at least 1, got {self.seeds}")
         if not self.lambdas or any(not (0 < lam < math.inf) for lam in self.lambdas):
@@ -138,10 +150,12 @@ class ControlSetup:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
 
 
-def phantom_configs(experiment: str) -> dict[str, PhantomConfig]:
+def phantom_configs(experiment: str, phantom: str = "default") -> dict[str, PhantomConfig]:
     """train / val (the training distribution) and test (decorrelated) phantom settings."""
+    base = PhantomConfig(**EASY) if phantom == "easy" else PhantomConfig()  # type: ignore[arg-type]
     if experiment == "marker":
-        biased = PhantomConfig(
+        biased = replace(
+            base,
             corner_marker_given_positive=0.9,
             corner_marker_given_negative=0.1,
             drain_given_positive=0.0,
@@ -149,7 +163,7 @@ def phantom_configs(experiment: str) -> dict[str, PhantomConfig]:
         )
         fair = replace(biased, corner_marker_given_positive=0.5, corner_marker_given_negative=0.5)
     else:
-        biased = PhantomConfig(drain_given_positive=0.9, drain_given_negative=0.1)
+        biased = replace(base, drain_given_positive=0.9, drain_given_negative=0.1)
         fair = replace(biased, drain_given_positive=0.5, drain_given_negative=0.5)
     return {"train": biased, "val": biased, "test": fair}
 
@@ -158,7 +172,7 @@ def build_sets(setup: ControlSetup) -> dict[str, Tensors]:
     """Synthesize (once) and load the three sets on the model grid: images normalised by the training
     set's mean / SD; regions ``lungs`` (0/1 coverage), ``confounder`` (the marker, or the drain dilated
     by one pixel; NaN where absent) and ``lungs-drain`` (lungs minus the dilated drain)."""
-    configs = phantom_configs(setup.experiment)
+    configs = phantom_configs(setup.experiment, setup.phantom)
     studies = {"train": setup.train_studies, "val": setup.val_studies, "test": setup.test_studies}
     raw: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
     for k, name in enumerate(("train", "val", "test")):
@@ -346,6 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.saliency.control", description=doc)
     ap.add_argument("--experiment", choices=EXPERIMENTS, default="marker")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--phantom", choices=PHANTOMS, default="default", help="easy: a visible pneumothorax")
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--lambdas", type=float, nargs="+", default=[0.3, 1.0, 3.0, 10.0])
     ap.add_argument("--reduction", choices=("fraction", "sum", "mean"), default="fraction")
@@ -362,6 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup = ControlSetup(
         out=args.out,
         experiment=args.experiment,
+        phantom=args.phantom,
         seeds=args.seeds,
         lambdas=tuple(args.lambdas),
         reduction=args.reduction,

@@ -88,11 +88,13 @@ def fit_classifier(
     *,
     region_key: str = "region",
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    transform: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> list[dict[str, float]]:
     """Adam on BCE (+ the heatmap loss on ``data.regions[region_key]``, passed to the loss under its
     config's batch key). Returns one row per epoch: mean BCE, heatmap term (before λ), λ. The heatmap
     loss's own warm-up / ramp are in steps; :func:`scheduled` converts epochs. Raises
-    :class:`HeatmapExplosion` if the total loss stops being finite."""
+    :class:`HeatmapExplosion` if the total loss stops being finite. ``transform(images, rows)``, if
+    given, replaces each batch's images (an augmentation; ``rows`` index ``data``)."""
     g = torch.Generator().manual_seed(settings.seed)
     opt = torch.optim.Adam(model.parameters(), lr=settings.lr)
     history: list[dict[str, float]] = []
@@ -107,6 +109,8 @@ def fit_classifier(
             if len(idx) < 2:  # BatchNorm needs two images
                 continue
             x, y = data.image[idx], data.label[idx].float()
+            if transform is not None:
+                x = transform(x, idx)
             a = model.features(x)
             logit = model.logit_from_features(a)
             bce = F.binary_cross_entropy_with_logits(logit[:, 0], y)
