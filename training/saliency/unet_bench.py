@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -151,11 +152,13 @@ def summarise(sources: dict[str, list[dict[str, np.ndarray]]], b: int, seed: int
     first = next(models[0] for models in sources.values() if models)
     n = len(first["kl"])
     idx = np.random.default_rng(seed).integers(0, n, (b, n))
-    per_source = {
-        name: {k: np.nanmean(np.stack([m[k] for m in models]), axis=0) for k in MEASURES}
-        for name, models in sources.items()
-        if models
-    }
+    with warnings.catch_warnings():  # a lesion measure on a negative image is NaN for every model
+        warnings.simplefilter("ignore", RuntimeWarning)
+        per_source = {
+            name: {k: np.nanmean(np.stack([m[k] for m in models]), axis=0) for k in MEASURES}
+            for name, models in sources.items()
+            if models
+        }
     out: dict[str, Any] = {
         "models": {k: len(v) for k, v in sources.items()},
         "images": n,
