@@ -14,7 +14,6 @@ from typing import Annotated
 import typer
 
 from serving.config import (
-    DEFAULT_FORMATS,
     FORWARD_KINDS,
     ConfigError,
     Destination,
@@ -23,8 +22,10 @@ from serving.config import (
     WatchConfig,
 )
 from serving.logs import LEVELS, setup_logging
+from triage.outputs.formats import HELP as FORMATS_HELP
+from triage.outputs.formats import SERVICE_DEFAULT, format_option
 
-FORMATS_DEFAULT = ",".join(sorted(DEFAULT_FORMATS))
+FORMATS_DEFAULT = format_option(SERVICE_DEFAULT)
 KINDS_DEFAULT = ",".join(FORWARD_KINDS)
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
@@ -37,10 +38,12 @@ Quiet = Annotated[
     float,
     typer.Option(help="A study is complete when none of its files arrived or changed for this many seconds."),
 ]
-Formats = Annotated[str, typer.Option("--format", help="Comma-separated outputs: png, seg, sc, sr.")]
+Formats = Annotated[str, typer.Option("--format", help=FORMATS_HELP)]
 BatchSize = Annotated[int, typer.Option(help="Images per model call.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
 Threads = Annotated[int, typer.Option(help="ONNX Runtime threads; 0 = the cores available.")]
+ReadWorkers = Annotated[int, typer.Option(help="DICOM decode/preprocess threads; 0 = automatic.")]
+WriteWorkers = Annotated[int, typer.Option(help="Output-writing threads; 0 = automatic.")]
 AnyModality = Annotated[bool, typer.Option(help="Accept modalities other than CR / DX for presentation.")]
 Db = Annotated[Path | None, typer.Option(help="Job store (SQLite); default OUT/jobs.sqlite3.")]
 HttpHost = Annotated[
@@ -89,14 +92,20 @@ def _service_config(command: str, **values: object) -> ServiceConfig:
     formats = frozenset(f.strip() for f in str(values.pop("formats")).split(",") if f.strip())
     kinds = frozenset(k.strip() for k in str(values.pop("forward_kinds")).split(",") if k.strip())
     forward = values.pop("forward")
-    threads = int(values.pop("threads"))  # type: ignore[call-overload]
-    if threads < 0:
-        _fail(command, f"--threads must be 0 (auto) or positive, got {threads}")
+    counts: list[int | None] = []
+    for name in ("threads", "read_workers", "write_workers"):
+        value = int(values.pop(name))  # type: ignore[call-overload]
+        if value < 0:
+            _fail(command, f"--{name.replace('_', '-')} must be 0 (auto) or positive, got {value}")
+        counts.append(value or None)
+    threads, read_workers, write_workers = counts
     try:
         return ServiceConfig(
             formats=formats,
             forward_kinds=kinds,
-            threads=threads or None,
+            threads=threads,
+            read_workers=read_workers,
+            write_workers=write_workers,
             forward=Destination.parse(str(forward)) if forward else None,
             **values,  # type: ignore[arg-type]
         )
@@ -151,6 +160,8 @@ def watch(
     batch_size: BatchSize = 8,
     device: DeviceOpt = "auto",
     threads: Threads = 0,
+    read_workers: ReadWorkers = 0,
+    write_workers: WriteWorkers = 0,
     any_modality: AnyModality = False,
     db: Db = None,
     http_host: HttpHost = "127.0.0.1",
@@ -182,6 +193,8 @@ def watch(
         batch_size=batch_size,
         device=device,
         threads=threads,
+        read_workers=read_workers,
+        write_workers=write_workers,
         any_modality=any_modality,
         db=db,
         http_host=http_host,
@@ -239,6 +252,8 @@ def listen(
     batch_size: BatchSize = 8,
     device: DeviceOpt = "auto",
     threads: Threads = 0,
+    read_workers: ReadWorkers = 0,
+    write_workers: WriteWorkers = 0,
     any_modality: AnyModality = False,
     db: Db = None,
     http_host: HttpHost = "127.0.0.1",
@@ -268,6 +283,8 @@ def listen(
         batch_size=batch_size,
         device=device,
         threads=threads,
+        read_workers=read_workers,
+        write_workers=write_workers,
         any_modality=any_modality,
         db=db,
         http_host=http_host,

@@ -8,6 +8,8 @@ from typing import Annotated, NoReturn
 import typer
 
 from triage import __version__
+from triage.outputs.formats import HELP as FORMATS_HELP
+from triage.outputs.formats import PREDICT_DEFAULT, format_option
 
 app = typer.Typer(
     name="triage",
@@ -168,12 +170,8 @@ def predict(
     saliency: Annotated[bool, typer.Option(help="Saliency (CAM, and the saliency model if any).")] = True,
     output_format: Annotated[
         str,
-        typer.Option(
-            "--format",
-            help="Comma-separated outputs: png, seg, sc, sr, saliency (the saliency model's map as a "
-            "DICOM Secondary Capture; only with a bundle that has one).",
-        ),
-    ] = "png,seg,sc,saliency",
+        typer.Option("--format", help=FORMATS_HELP),
+    ] = format_option(PREDICT_DEFAULT),
     batch_size: Annotated[int, typer.Option(help="Images per model call.")] = 8,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     threads: Annotated[int, typer.Option(help="ONNX Runtime threads; 0 = the cores available.")] = 0,
@@ -189,8 +187,8 @@ def predict(
     from triage.cascade.predict import PredictOptions
     from triage.cli.predict_cmd import run_predict
     from triage.io.dicom import ReadPolicy
+    from triage.outputs.formats import parse_formats
 
-    formats = frozenset(f.strip() for f in output_format.split(",") if f.strip())
     if device not in ("auto", "cpu", "cuda"):
         fail("predict", f"--device must be auto, cpu or cuda, got {device!r}")
     for flag, value in (
@@ -204,7 +202,7 @@ def predict(
         options = PredictOptions(
             tta=tta,
             saliency=saliency,
-            formats=formats,
+            formats=parse_formats(output_format),
             batch_size=batch_size,
             policy=ReadPolicy(any_modality=any_modality),
             device=device,  # type: ignore[arg-type]
