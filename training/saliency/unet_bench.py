@@ -1,7 +1,8 @@
 """The saliency U-Net, measured (issue 17, item 4; seeds.md C and D): its decoder's map against the
 classifier's CAM and two prior maps, on a held-out set with reading heatmaps as the targets.
 
-``python -m training.saliency.unet_bench --test DIR --unet RUN [RUN ...] [--classifiers DIR] --out OUT``
+``python -m training.saliency.unet_bench --test DIR --unet RUN [RUN ...] [--no-map RUN ...]
+[--classifiers DIR] [--train DIR] --out OUT``
 
 Maps, per test image, on the U-Net's input grid (``input_size`` of the run card):
 
@@ -9,6 +10,9 @@ Maps, per test image, on the U-Net's input grid (``input_size`` of the run card)
   or MSE training, exp(l − max l) after KL);
 * ``unet_cam``: the CAM of the U-Net's own classification head (positive class, ReLU) — the map a
   classifier with that encoder shows;
+* ``nomap_cam``: the head's CAM of the same U-Net trained without the map loss (``--no-map``: runs of
+  ``triage train saliency --cls-weight 1``, map weight 0) — the like-for-like baseline of seed 001's
+  claim, whose AUC is reported beside the U-Net's;
 * ``cam``: the CAM (positive class, ReLU) of the separately trained classifiers of
   :mod:`training.saliency.corruption_arms` (``plain`` arm, ``--classifiers``: its ``models/`` folder);
 * ``centre``: the centre-bias baseline, an isotropic Gaussian at the image centre with σ = ¼ of the side;
@@ -204,15 +208,15 @@ def markdown(summary: dict[str, Any], aucs: dict[str, list[float]]) -> str:
 
 def run(
     test_dir: Path, unets: Sequence[Path], classifiers: Path | None, train_dir: Path | None, out: Path,
-    cache: Path | None, b: int = 1000, log: Callable[[str], None] = print,
+    cache: Path | None, b: int = 1000, log: Callable[[str], None] = print, no_map: Sequence[Path] = (),
 ) -> dict[str, Any]:  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     card = read_run_card(unets[0])
     test = load_test(test_dir, tuple(card.input_size), card.resize, cache)  # type: ignore[arg-type]
     y = test["label"] > 0
-    names = ("unet", "unet_cam", "cam", "centre", "mean_target")
+    names = ("unet", "unet_cam", "nomap_cam", "cam", "centre", "mean_target")
     sources: dict[str, list[dict[str, np.ndarray]]] = {name: [] for name in names}
-    aucs: dict[str, list[float]] = {"unet head": [], "classifier (plain)": []}
+    aucs: dict[str, list[float]] = {"unet head": [], "unet head, no map loss": [], "classifier (plain)": []}
     rows = []
     for run_dir in unets:
         log(f"U-Net {run_dir}")
@@ -222,6 +226,12 @@ def run(
         aucs["unet head"].append(float(metrics.roc_auc(probs, y)))
         rows += _rows(run_dir.name, "unet", sources["unet"][-1])
         rows += _rows(run_dir.name, "unet_cam", sources["unet_cam"][-1])
+    for run_dir in no_map:
+        log(f"U-Net without the map loss {run_dir}")
+        _, cams, probs = unet_maps(run_dir, test["image"])
+        sources["nomap_cam"].append(score(cams, test))
+        aucs["unet head, no map loss"].append(float(metrics.roc_auc(probs, y)))
+        rows += _rows(run_dir.name, "nomap_cam", sources["nomap_cam"][-1])
     for path in sorted(classifiers.glob("plain-*.pt")) if classifiers else []:
         log(f"classifier {path}")
         cams, probs = classifier_maps(path, test["image"])
@@ -265,6 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument(
         "--unet", type=Path, nargs="+", required=True, help="saliency runs (triage train saliency)"
     )
+    ap.add_argument("--no-map", type=Path, nargs="*", default=[], help="runs trained with --cls-weight 1")
     ap.add_argument("--classifiers", type=Path, default=None, help="corruption_arms OUT/models")
     ap.add_argument("--train", type=Path, default=None, help="the U-Net's training set (for mean_target)")
     ap.add_argument("--out", type=Path, required=True)
@@ -272,7 +283,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--cache", type=Path, default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    result = run(args.test, args.unet, args.classifiers, args.train, args.out, args.cache, args.bootstrap)
+    result = run(
+        args.test, args.unet, args.classifiers, args.train, args.out, args.cache, args.bootstrap,
+        no_map=args.no_map,
+    )  # fmt: skip
     print(markdown(result["summary"], result["aucs"]))
     return 0
 
