@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import training.saliency.terms  # noqa: F401  (registers the terms)
 from training.config import resolve
 from training.run import RunRequest, train
 from training.saliency.targets import TargetError
@@ -132,7 +131,10 @@ def test_cli_flags_and_their_errors(data: Path, cache: Path, tmp_path: Path) -> 
         "--heatmap-loss",
         "occlusion",
     )
-    assert bad_method.returncode == 2 and "--heatmap-loss must be one of" in bad_method.stderr
+    assert bad_method.returncode == 2 and bad_method.stderr.strip().splitlines() == [
+        "triage train classifier: error: Invalid value for '--heatmap-loss': 'occlusion' is not one of "
+        "'hirescam', 'gradcam'. (see triage train classifier --help)"
+    ]
     seg = _cli(
         "train",
         "segmenter",

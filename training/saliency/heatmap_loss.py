@@ -59,13 +59,16 @@ from training.saliency.attribution import (
     attribute_from_features,
     normalise_map,
 )
+from training.saliency.options import MODES, Mode
+from training.saliency.options import REGIONS as CLI_REGIONS
+from training.saliency.options import Region as CliRegion
 
 EPS = 1e-8
 
-Mode = Literal["irrelevant", "relevant"]
-MODES: tuple[Mode, ...] = ("irrelevant", "relevant")
-Region = Literal["lungs", "lesion", "custom"]
-REGIONS: tuple[Region, ...] = ("lungs", "lesion", "custom")
+# The CLI's regions (training.saliency.options) plus "custom": a region the caller puts in the batch under
+# "region" (the experiments of training/saliency/control.py and the toy-confounder test).
+Region = CliRegion | Literal["custom"]
+REGIONS: tuple[Region, ...] = (*CLI_REGIONS, "custom")
 BATCH_KEY = {"lungs": "lungs", "lesion": "mask", "custom": "region"}
 Reduction = Literal["fraction", "sum", "mean"]
 REDUCTIONS: tuple[Reduction, ...] = ("fraction", "sum", "mean")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from training.augment import Sample
 from training.data import GridDataset
 from training.losses import Batch, Outputs
 from training.models import SaliencyNet
+from training.saliency.options import TARGETS, TargetKind
 from training.saliency.targets import (
     DEFAULT_GAZE_SIGMA,
     Fixation,
@@ -37,8 +38,6 @@ from triage import metrics
 from triage import saliency_metrics as sm
 from triage.cascade.preprocess import normalise
 
-TargetKind = Literal["heatmap", "lesion", "gaze"]
-TARGETS: tuple[TargetKind, ...] = ("heatmap", "lesion", "gaze")
 MAP_SIDE = 64  # validation maps are compared at most at this side (enough for KL/CC/SIM, cheap)
 
 
