@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from training import distributed
 from training.config import TrainConfig, write_config
 from training.data import GridDataset, model_spec
 from training.engine import STATE, FitResult, Hook, Trainer, pick_device
@@ -200,10 +201,25 @@ def train_one(
     if fit_json.is_file() and not (run / STATE).exists():  # trained earlier; OOF or card were missing
         result = FitResult(**json.loads(fit_json.read_text(encoding="utf-8")))
     else:
+        rank, size = distributed.world()
+        distributed.setup(pick_device(config.device))
         trainer = Trainer(
-            config, task, model, train_set, sp.train, val_set, sp.val, run, progress=req.progress, hooks=hooks
+            config,
+            task,
+            model,
+            train_set,
+            sp.train,
+            val_set,
+            sp.val,
+            run,
+            progress=req.progress,
+            hooks=hooks,
+            rank=rank,
+            world=size,
         )
         result = trainer.fit(resume=req.resume)
+        if rank != 0:  # rank 0 writes the predictions, the card and the logs
+            return run
         fit_json.write_text(json.dumps(dataclasses.asdict(result)) + "\n", encoding="utf-8")
     checkpoint = "best.safetensors" if config.select == "best" else "last.safetensors"
     from safetensors.torch import load_file
