@@ -8,7 +8,7 @@ Presets (``seed`` | ``cpu`` | ``small`` | ``tiny``) × roles (``classifier`` | `
   at 256 px, Jaccard loss, Adam and one-cycle for 18 epochs. Meant for a GPU.
 * ``cpu``: a gate that can see a pneumothorax, on 2 CPU cores: 256 px (where a medium pneumothorax's
   lucency spans a few dozen pixels), a ResNet-10-T with a quarter of its channels (about 0.06 CPU-s per
-  training image, a fifth of ResNet-18 at this size), BCE, balanced batches, 6 epochs; meant for
+  training image, a fifth of ResNet-18 at this size), BCE, balanced batches, 4 epochs; meant for
   ``triage synth`` sets of >= 3,000 studies (docs/training.md, "The cpu preset").
 * ``small``: ResNet-18-class encoders at 128 px, for experiments on a 2-core CPU.
 * ``tiny``: seconds per run, for tests and the demo (64 px).
@@ -245,7 +245,7 @@ def preset(name: str, role: str) -> TrainConfig:
                 **{**common, "loss": "bce"},
                 arch=CPU_CLS,
                 input_size=(256, 256),
-                epochs=6,
+                epochs=4,
                 batch_size=32,
                 lr=2e-3,
                 augment=FLIP_ONLY,
