@@ -2,7 +2,9 @@
 
 Folder layout::
 
-    --fold K      OUT/ is one run trained on folds ≠ K and validated on fold K, with OUT/oof/
+    --fold K      OUT/ is one run trained on folds ≠ K, less an inner validation slice of them (15 %,
+                  whole patients: training/prepare.py) that chooses the epoch; fold K is only predicted,
+                  into OUT/oof/ (the epoch is never chosen on the fold that is scored)
     --fold all    OUT/fold-0 … OUT/fold-(k-1) (runs as above), OUT/cv.json
     --fold full   OUT/ is one run trained on every usable image (no validation, no OOF)
 
