@@ -385,5 +385,6 @@ def read_config(path: Path) -> TrainConfig:
     """A config written by :func:`write_config` (the run's ``config.yaml``)."""
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     base = preset("tiny", raw["role"])
-    raw = {k: v for k, v in raw.items() if k != "role"}
+    # checkpoint_minutes: runs written before training moved to fastai (state is now saved per epoch)
+    raw = {k: v for k, v in raw.items() if k not in ("role", "checkpoint_minutes")}
     return _apply(base, raw)  # type: ignore[no-any-return]

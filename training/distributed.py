@@ -32,7 +32,13 @@ def setup(device: torch.device) -> None:
     if num_distrib() > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank_distrib())))
+            local = int(os.environ.get("LOCAL_RANK", rank_distrib()))
+            if local >= torch.cuda.device_count():
+                raise ValueError(
+                    f"process {local} of this machine has no GPU: {torch.cuda.device_count()} CUDA "
+                    f"device(s) here; start at most that many processes (torchrun --nproc-per-node)"
+                )
+            torch.cuda.set_device(local)
         dist.init_process_group(backend=backend, init_method="env://")
 
 
