@@ -170,7 +170,8 @@ def train_one(
             logger.info("%s is finished; nothing to resume", run)
             return run
         raise DataError(f"{run} holds a finished run; choose another --out (or --resume to skip it)")
-    if run.exists() and any(run.iterdir()) and not req.resume:
+    # with several processes, rank 0 alone decides (the others may already see its files)
+    if run.exists() and any(run.iterdir()) and not req.resume and distributed.world()[0] == 0:
         raise DataError(f"{run} is not empty; pass --resume to continue that run, or choose another --out")
     prep = prep or prepare_for(config, req)
     check_problems(prep, req, run)
@@ -188,8 +189,10 @@ def train_one(
                 f"{run}: the data set or the folds changed since the run started; "
                 "resume needs the same --data, --folds and --fold"
             )
-    data_json.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    write_config(run / "config.yaml", config)
+    rank, size = distributed.world()
+    if rank == 0:  # with several processes, rank 0 writes the run folder's files
+        data_json.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        write_config(run / "config.yaml", config)
     spec = model_spec(config)
     torch.manual_seed(config.seed)
     model = build_model(config.arch)
@@ -203,7 +206,6 @@ def train_one(
     if fit_json.is_file() and not (run / STATE).exists():  # trained earlier; OOF or card were missing
         result = FitResult(**json.loads(fit_json.read_text(encoding="utf-8")))
     else:
-        rank, size = distributed.world()
         distributed.setup(pick_device(config.device))
         trainer = Trainer(
             config,
@@ -314,7 +316,7 @@ def train(config: TrainConfig, req: RunRequest, hooks: Sequence[Hook] = ()) -> l
         return [train_one(config, req, req.out, None, hooks=hooks)]
     if fold != "all":
         return [train_one(config, req, req.out, int(fold), hooks=hooks)]
-    if req.out.exists() and any(req.out.iterdir()) and not req.resume:
+    if req.out.exists() and any(req.out.iterdir()) and not req.resume and distributed.world()[0] == 0:
         raise DataError(f"{req.out} is not empty; pass --resume to continue, or choose another --out")
     prep = prepare_for(config, req)
     check_problems(prep, req, req.out)
@@ -323,6 +325,8 @@ def train(config: TrainConfig, req: RunRequest, hooks: Sequence[Hook] = ()) -> l
     for k in range(req.folds):
         logger.info("fold %d of %d", k, req.folds)
         runs.append(train_one(config, req, req.out / f"fold-{k}", k, prep, folds, hooks))
+    if distributed.world()[0] != 0:
+        return runs
     summary = {
         "role": config.role,
         "folds": req.folds,

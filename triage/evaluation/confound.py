@@ -19,6 +19,7 @@ Strata come from the data set's ``metadata.csv`` (``drain`` as ``yes``/``no`` or
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,10 @@ def _auc(scores: NDArray[Any], labels: NDArray[np.bool_]) -> float:
     if labels.all() or not labels.any():
         return float("nan")
     return metrics.roc_auc(scores, labels)
+
+
+def _auc_at(scores: NDArray[Any], labels: NDArray[np.bool_], i: NDArray[np.intp]) -> float:
+    return _auc(scores[i], labels[i])
 
 
 def drain_flags(strata: Sequence[dict[str, str]]) -> NDArray[np.bool_] | None:
@@ -87,8 +92,7 @@ def drain_report(
             continue
         entry: dict[str, Any] = {"positives": n_pos, "auc": _auc(p[idx], y[idx])}
         if ci is not None:
-            ps, ys = p[idx], y[idx]
-            entry["auc_ci"] = ci(lambda i, ps=ps, ys=ys: _auc(ps[i], ys[i]), len(idx), salt + 1 + k)
+            entry["auc_ci"] = ci(partial(_auc_at, p[idx], y[idx]), len(idx), salt + 1 + k)
         by_size[size] = entry
     out["drain_free_by_size"] = by_size
     return out
