@@ -7,8 +7,8 @@ Arms (each in its own process, so that peak RSS and CPU time are its own):
 * ``reference`` the thesis's Algorithm 1 in PyTorch eager: both models on every image with TTA, masks of
   classifier-negative images blanked afterwards; the same reading (``load_item``) and writing
   (``finish_item``, ``ResultsWriter``), one batch after the other in a plain loop;
-* ``floor``     the model-only floor: the runtime's gated model calls (``_infer``: ONNX Runtime, TTA, CAM,
-  segmenter on the gated images) on tensors decoded and prepared beforehand.
+* ``floor``     the model-only floor: the runtime's gated model calls (``infer_batch``: ONNX Runtime, TTA,
+  CAM, segmenter on the gated images) on tensors decoded and prepared beforehand.
 
 The models are the seed architecture (timm resnext50_32x4d at 224 → logit + CAM; smp Unet resnet34 at
 256), random weights (speed does not depend on them), exported by ``triage export``. The gate threshold is

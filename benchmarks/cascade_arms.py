@@ -283,9 +283,10 @@ def arm_reference(args: argparse.Namespace) -> dict[str, Any]:
 
 def arm_floor(args: argparse.Namespace) -> dict[str, Any]:
     from triage.bundle import load_bundle
+    from triage.cascade.infer import infer_batch
     from triage.cascade.items import load_item
     from triage.cascade.models import CascadeModels
-    from triage.cascade.predict import PredictOptions, _infer
+    from triage.cascade.predict import PredictOptions
     from triage.io.dicom import ReadPolicy
 
     files = json.loads(Path(args.files).read_text())
@@ -302,7 +303,7 @@ def arm_floor(args: argparse.Namespace) -> dict[str, Any]:
     for start in range(0, len(items), args.batch_size):
         tb = time.perf_counter()
         batch = items[start : start + args.batch_size]
-        _infer(models, batch, options)
+        infer_batch(models, batch, options)
         latencies += [time.perf_counter() - tb] * len(batch)
     wall = time.perf_counter() - t0
     return {

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
 import shutil
 import subprocess
@@ -39,6 +38,7 @@ from training.torch_backend import TorchModel
 from triage.backends import Model
 from triage.bundle import CARD, FORMAT, TTA_CHOICES, Bundle, load_bundle, seal
 from triage.cascade.models import CascadeModels
+from triage.system import usable_cores
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ def _int8(
     bundle = _write_card(root, card)
     opts.on_step("parity check of the INT8 variants")
     judged = _check_parity(card, bundle, reference, "int8", images, opts.threads)
-    threads = opts.threads or len(os.sched_getaffinity(0))
+    threads = opts.threads or usable_cores()
     for role, figs in judged.items():
         entry = card["models"][role]
         variant = entry["variants"]["int8"]

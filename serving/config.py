@@ -9,12 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from triage.cascade.write import FORMATS
+from triage.outputs.formats import SERVICE_DEFAULT, check_formats
 
 InputPolicy = Literal["keep", "move", "delete"]
 INPUT_POLICIES: tuple[InputPolicy, ...] = ("keep", "move", "delete")
 FORWARD_KINDS = ("seg", "sc", "sr")
-DEFAULT_FORMATS = frozenset({"png", "seg", "sc", "sr"})
 DB_NAME = "jobs.sqlite3"
 
 
@@ -83,11 +82,12 @@ class ServiceConfig:
     bundle: Path
     quiet_seconds: float = 10.0
     inputs: InputPolicy = "keep"
-    formats: frozenset[str] = DEFAULT_FORMATS
+    formats: frozenset[str] = SERVICE_DEFAULT  # triage/outputs/formats.py
     batch_size: int = 8
     device: str = "auto"
     threads: int | None = None
     read_workers: int | None = None
+    write_workers: int | None = None
     any_modality: bool = False
     db: Path | None = None
     http_host: str = "127.0.0.1"
@@ -111,11 +111,18 @@ class ServiceConfig:
             raise ConfigError(f"--quiet-seconds must be 0 or more, got {self.quiet_seconds}")
         if self.inputs not in INPUT_POLICIES:
             raise ConfigError(f"--inputs must be one of {', '.join(INPUT_POLICIES)}, got {self.inputs!r}")
-        bad = sorted(set(self.formats) - set(FORMATS))
-        if bad or not self.formats:
-            raise ConfigError(
-                f"--format {','.join(sorted(self.formats))!r} is invalid; valid: {', '.join(FORMATS)}"
-            )
+        try:
+            check_formats(self.formats)
+        except ValueError as exc:
+            raise ConfigError(f"--format: {exc}") from None
+        if not self.formats:
+            raise ConfigError("--format names no output; give at least one, e.g. --format png,seg")
+        for name in ("threads", "read_workers", "write_workers"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} must be at least 1 (or automatic), got {value}"
+                )
         bad = sorted(set(self.forward_kinds) - set(FORWARD_KINDS))
         if bad:
             raise ConfigError(f"--forward-kinds {bad} invalid; valid: {', '.join(FORWARD_KINDS)}")

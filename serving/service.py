@@ -142,6 +142,7 @@ class Service:
             device=config.device,  # type: ignore[arg-type]
             threads=config.threads,
             read_workers=config.read_workers,
+            write_workers=config.write_workers,
         )
         predictor = Predictor(bundle, options)
         metrics = Metrics(store, config.out)

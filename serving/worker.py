@@ -1,8 +1,9 @@
 """The worker: queued study versions → the cascade → commits.
 
-The worker thread feeds :func:`triage.cascade.stream.run_stream` with a lazy iterator that claims queued
-versions from the store (a few per transaction) only when the pipeline has room, so decoding, inference
-and writing overlap across studies as in ``triage predict``, with bounded memory. Records come back per
+The worker thread feeds the cascade engine, :meth:`triage.cascade.predict.Predictor.stream` (the same
+one ``triage predict`` runs), with a lazy iterator that claims queued versions from the store (a few per
+transaction) only when the pipeline has room, so decoding, inference and writing overlap across studies,
+with bounded memory. Records come back per
 image; when a version has all of its records, how it ends is decided:
 
 - any image failed transiently (write failed — e.g. disk full —, unreadable, inference failed, internal)
@@ -44,7 +45,6 @@ from serving.policy import backoff, classify
 from serving.results import ResultsLog, Worklist
 from serving.store import Claim, ClaimedImage, JobStore, OutboxItem, Outcome
 from triage.cascade.predict import Predictor
-from triage.cascade.stream import run_stream
 from triage.errors import ErrorCode
 from triage.outputs.records import ResultRecord
 
@@ -124,13 +124,7 @@ class Worker(Loop):
                 self.wake.clear()
                 self.busy = True
                 try:
-                    run_stream(
-                        self.predictor.models,
-                        self.predictor.options,
-                        self._inputs(),
-                        self.config.out,
-                        self._on_record,
-                    )
+                    self.predictor.stream(self._inputs(), self.config.out, self._on_record)
                 finally:
                     self._commit_pending()
                     self.busy = False

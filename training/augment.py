@@ -8,7 +8,7 @@ every array with the same coordinates (binary maps are re-thresholded at 0.5); i
 of (seed, epoch, position) and an interrupted run resumes with the same draws.
 
 Adding a transform (e.g. an image corruption): write a callable ``(sample, rng) -> sample`` and either
-append it to a :class:`Pipeline` or register a factory in :data:`TRANSFORMS` and list it in the config's
+append it to a :class:`Pipeline` or add a factory to :data:`TRANSFORMS` and list it in the config's
 ``augment.extra`` (``[{"name": "gaussian_noise", "p": 0.5, "sigma": 0.08}]``).
 """
 
@@ -24,6 +24,7 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from training.config import AugmentConfig, ConfigError
+from triage.corruptions import random_corruption
 
 Sample = dict[str, NDArray[np.float32]]
 BINARY_MAPS = ("mask", "lungs")
@@ -188,11 +189,24 @@ class GaussianNoise:
         return {**sample, IMAGE: np.clip(noisy, 0.0, 1.0).astype(np.float32)}
 
 
+@dataclass(frozen=True)
+class CorruptionAugment:
+    """With probability ``p``: one corruption of :mod:`triage.corruptions` (the 5 × 5 robustness set) at a
+    random severity; image only (the masks do not move). ``--corruption-augment`` of the saliency U-Net."""
+
+    p: float = 0.5
+
+    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
+        return {**sample, IMAGE: random_corruption(sample[IMAGE], rng, self.p)}
+
+
+# Every transform ``augment.extra`` can name, filled here at import.
 TRANSFORMS: dict[str, Callable[..., Transform]] = {
     "geometric": Geometric,
     "lighting": Lighting,
     "cutout": Cutout,
     "gaussian_noise": GaussianNoise,
+    "corruption": CorruptionAugment,
 }
 
 
@@ -200,8 +214,6 @@ def build_transform(spec: dict[str, Any]) -> Transform:
     """A registered transform from ``{"name": ..., **parameters}``; ConfigError naming the valid names."""
     params = dict(spec)
     name = params.pop("name", None)
-    if str(name) not in TRANSFORMS:
-        import training.saliency_terms  # noqa: F401  (registers corruption)
     factory = TRANSFORMS.get(str(name))
     if factory is None:
         raise ConfigError(f"unknown augment.extra transform {name!r}; valid: {sorted(TRANSFORMS)}")

@@ -25,14 +25,15 @@ import hashlib
 import json
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, get_origin, get_type_hints
+from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
 from training.models import ArchSpec
+from training.options import Preset
 
-PRESETS = ("seed", "cpu", "small", "tiny")
-ROLES = ("classifier", "segmenter", "baseline", "saliency")  # saliency: training/saliency_config.py
+PRESETS: tuple[str, ...] = get_args(Preset)  # the names, declared once in training/options.py
+ROLES = ("classifier", "segmenter", "baseline", "saliency")  # saliency: training/saliency/
 CLASSIFIER_LOSSES = ("soft_f1", "bce", "focal")
 SEGMENTER_LOSSES = ("jaccard", "dice", "bce", "focal", "lovasz", "combo")
 OPTIMIZERS = ("radam", "adam", "adamw", "sgd")
@@ -188,6 +189,9 @@ CPU_CLS = ArchSpec("classifier", "resnet10t", options=dict(LEAN_RESNET))
 CPU_SEG_OPTIONS: dict[str, Any] = {**LEAN_RESNET, "encoder_depth": 4, "decoder_channels": [64, 32, 16, 8]}
 CPU_SEG = ArchSpec("segmenter", "tu-resnet10t", options=CPU_SEG_OPTIONS)
 SEED_SEG = ArchSpec("segmenter", "resnet34")
+TINY_SAL = ArchSpec("saliency", "tu-resnet10t", options={"encoder_depth": 3, "decoder_channels": [32, 16, 8]})
+SMALL_SAL = ArchSpec("saliency", "resnet18", options={"decoder_channels": [128, 64, 32, 16, 16]})
+SEED_SAL = ArchSpec("saliency", "efficientnet-b0")
 
 
 # Horizontal flips only: with the thesis's augmentations, even at half strength, a classifier trained from
@@ -210,16 +214,56 @@ LIGHT_AUGMENT = AugmentConfig(
 )
 
 
+DEFAULT_MAP_TERM: dict[str, Any] = {"name": "saliency_map", "weight": 1.0, "kind": "bce", "alpha": 1.0}
+
+
+def _saliency_preset(name: str) -> TrainConfig:
+    """The saliency U-Net (role ``saliency``; training/saliency/).
+
+    * ``seed``: the source's generator (seeds.md C) — smp U-Net with an EfficientNet-b0 encoder and a
+      classification head, 224 px; meant for a GPU.
+    * ``small``: ResNet-18 encoder at 128 px, for a 2-core CPU.
+    * ``tiny``: seconds, for tests.
+
+    All: BCE on the head's logit, plus the ``saliency_map`` term (:mod:`training.saliency.terms`) with
+    ``kind`` bce, α = 1 (decoder only) and weight 1 (γ = ½ in the source's γ·L_cls + (1 − γ)·L_map); Adam,
+    one-cycle, balanced batches; the half-strength augmentation (``LIGHT_AUGMENT``: at full strength models
+    from random weights did not learn on a 2-core budget), without Cutout (it would punch holes the target
+    does not have); ``seed`` uses the thesis's full-strength set, still without Cutout.
+    """
+    common: dict[str, Any] = {
+        "role": "saliency",
+        "preset": name,
+        "loss": "bce",
+        "optimizer": "adam",
+        "balance": "sampler",
+        "positive_fraction": 0.5,
+        "weight_decay": 1e-4,
+        "extra_losses": (dict(DEFAULT_MAP_TERM),),
+        "augment": LIGHT_AUGMENT,
+    }
+    if name == "seed":
+        return TrainConfig(
+            **{**common, "augment": AugmentConfig()},
+            arch=SEED_SAL,
+            input_size=(224, 224),
+            epochs=30,
+            batch_size=16,
+            lr=1e-3,
+        )
+    if name == "small":
+        return TrainConfig(**common, arch=SMALL_SAL, input_size=(128, 128), epochs=10, batch_size=16, lr=2e-3)
+    return TrainConfig(**common, arch=TINY_SAL, input_size=(64, 64), epochs=2, batch_size=8, lr=3e-3)
+
+
 def preset(name: str, role: str) -> TrainConfig:
     """The preset's configuration for ``role``."""
     _check("preset", name, PRESETS)
     _check("role", role, ROLES)
     if role == "saliency":
-        from training.saliency_config import saliency_preset
-
         if name == "cpu":
             raise ConfigError("the saliency role has no cpu preset; valid: seed, small, tiny")
-        return saliency_preset(name)
+        return _saliency_preset(name)
     if role == "classifier":
         common: dict[str, Any] = {
             "role": role,
@@ -388,3 +432,4 @@ def read_config(path: Path) -> TrainConfig:
     # checkpoint_minutes: runs written before training moved to fastai (state is now saved per epoch)
     raw = {k: v for k, v in raw.items() if k not in ("role", "checkpoint_minutes")}
     return _apply(base, raw)  # type: ignore[no-any-return]
+

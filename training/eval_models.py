@@ -116,7 +116,7 @@ def from_runs(runs: list[Path], device: str = "auto") -> Cascade:
     label = " + ".join(f"{card.role} run {run}" for run, card in cards.values())
     models = TorchCascadeModels(bundle, cls_model, seg_model)
     if saliency is not None:
-        from training.saliency_export import load_saliency_run
+        from training.saliency.export import load_saliency_run
 
         module, card = load_saliency_run(saliency[0])
         activation = str(card.provenance.get("map_activation", "sigmoid"))

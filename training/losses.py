@@ -8,7 +8,7 @@ Segmenter (logits (N, 1, H, W) vs mask (N, 1, H, W)), segmentation-models-pytorc
 Extra terms: any callable ``(model, batch, outputs) -> (loss, logs)`` — ``outputs`` holds what the
 task's forward pass produced (classifier: ``logit`` and the last feature map ``features``, from which
 ``model.cam_from_features`` gives the CAM; segmenter: ``logits``), ``logs`` a dict of floats that the
-trainer averages and logs. Register a factory in :data:`LOSS_TERMS` and list it in the config's
+trainer averages and logs. Add a factory to :data:`LOSS_TERMS` and list it in the config's
 ``extra_losses`` (``[{"name": "my_term", "weight": 1.0, ...}]``); the trainer adds ``weight × loss``.
 """
 
@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from training.config import ConfigError, TrainConfig
+from training.saliency.terms import HeatmapTerm, SaliencyMapTerm
 
 Batch = dict[str, torch.Tensor]
 Outputs = dict[str, torch.Tensor]
@@ -32,8 +33,11 @@ class LossTerm(Protocol):
     ) -> tuple[torch.Tensor, dict[str, float]]: ...
 
 
-# name -> factory(**options) -> LossTerm. Filled by extensions (e.g. saliency training).
-LOSS_TERMS: dict[str, Callable[..., LossTerm]] = {}
+# name -> factory(**options) -> LossTerm: every term ``extra_losses`` can name, filled here at import.
+LOSS_TERMS: dict[str, Callable[..., LossTerm]] = {
+    "heatmap": HeatmapTerm,  # the heatmap loss of a classifier (training/saliency/heatmap_loss.py)
+    "saliency_map": SaliencyMapTerm,  # the map loss of the saliency U-Net (training/saliency/losses.py)
+}
 
 
 def soft_f1_loss(logit: torch.Tensor, target: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
@@ -132,11 +136,9 @@ def build_extra_terms(config: TrainConfig) -> list[WeightedTerm]:
         params = dict(spec)
         name = str(params.pop("name", ""))
         weight = float(params.pop("weight", 1.0))
-        if name not in LOSS_TERMS:
-            import training.saliency_terms  # noqa: F401  (registers heatmap, saliency_map)
         factory = LOSS_TERMS.get(name)
         if factory is None:
-            raise ConfigError(f"unknown extra loss {name!r}; registered: {sorted(LOSS_TERMS) or 'none'}")
+            raise ConfigError(f"unknown extra loss {name!r}; valid: {sorted(LOSS_TERMS)}")
         try:
             terms.append(WeightedTerm(name, weight, factory(**params)))
         except TypeError as exc:

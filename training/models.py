@@ -14,7 +14,7 @@ module definitions, so that what is trained is exactly what is exported.
 * :class:`SaliencyNet` (kind ``saliency``): an smp network with a classification head on the deepest
   encoder features (``aux_params``, average pooling + linear) → (map logits (N, 1, H, W), logit (N, 1)),
   plus the head's CAM on the deepest features (:meth:`SaliencyNet.forward_all`). The decoder learns a
-  saliency map from target heatmaps (:mod:`training.saliency_train`).
+  saliency map from target heatmaps (:mod:`training.saliency.train`).
 
 No network fetches: weights start random (``pretrained=False`` / ``encoder_weights=None``); a user who
 has weights passes them as a local file to :func:`load_init_weights`.

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 from training.folds import make_folds, read_folds_csv
 from triage.data.dataset import PROBLEM_CODES, LabelProblem, list_dataset
 from triage.data.gridcache import GridSet, GridSpec, ensure_grids
+from triage.system import usable_cores
 
 
 class DataError(ValueError):
@@ -33,10 +33,6 @@ class Prepared:
     @property
     def counts(self) -> Counter[str]:
         return Counter(p.code for p in self.problems)
-
-
-def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def prepare(
@@ -60,7 +56,7 @@ def prepare(
         listing,
         [grid, *extra_grids],
         cache_dir,
-        workers=workers or cores(),
+        workers=workers or usable_cores(),
         on_total=on_total,
         on_item=on_item,
     )[0]

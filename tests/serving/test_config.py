@@ -104,7 +104,7 @@ def test_cli_usage_errors_are_one_line_with_exit_status_2(
                 "--inputs",
                 "copy",
             ],
-            "keep, move, delete",
+            "'keep', 'move', 'delete'",
         ),
         (
             ["watch", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--model", str(tmp_path)],
@@ -146,16 +146,18 @@ def test_cli_usage_errors_are_one_line_with_exit_status_2(
         root.handlers[:], warnings.showwarning = saved[0], saved[2]
         root.setLevel(saved[1])
     proc = _cli("listen", "--out", str(tmp_path / "o"), "--model", str(tmp_path), "--port", "0")
-    assert proc.returncode == 2 and proc.stderr.startswith("triage listen: error: --port must be 1..65535")
+    assert proc.returncode == 2 and proc.stderr.startswith("triage listen: error: Invalid value for '--port'")
     assert "--quiet-seconds" in _cli("watch", "--help").stdout
 
 
 def test_missing_serving_extra_is_a_one_line_error(tmp_path: Path) -> None:
-    blocker = tmp_path / "sitecustomize.py"
+    blocker = tmp_path / "sitecustomize.py"  # pynetdicom looks uninstalled (no distribution)
     blocker.write_text(
-        "import sys\nclass B:\n    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] == 'pynetdicom':\n            raise ImportError(name)\n"
-        "sys.meta_path.insert(0, B())\n"
+        "import importlib.metadata as m\nfound = m.distribution\n"
+        "def distribution(name):\n"
+        "    if name.lower() == 'pynetdicom':\n        raise m.PackageNotFoundError(name)\n"
+        "    return found(name)\n"
+        "m.distribution = distribution\n"
     )
     proc = _cli("listen", "--help", env={"PYTHONPATH": f"{tmp_path}:{ROOT}"})
     assert proc.returncode == 2

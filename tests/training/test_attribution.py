@@ -8,14 +8,14 @@ import timm
 import torch
 from torch import nn
 
-from training.attribution import (
+from training.models import ArchSpec, CamClassifier, build_model
+from training.saliency.attribution import (
     attribute,
     closed_form_map,
     explained_scores,
     layer_names,
     normalise_map,
 )
-from training.models import ArchSpec, CamClassifier, build_model
 
 
 @pytest.fixture(scope="module")

@@ -6,14 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.heatmap_loss import (
+from training.models import ArchSpec, CamClassifier, build_model
+from training.saliency.heatmap_loss import (
     HeatmapLoss,
     HeatmapLossConfig,
     irrelevant_term,
     region_on_grid,
     relevant_term,
 )
-from training.models import ArchSpec, CamClassifier, build_model
 
 
 def tiny_model(seed: int = 0) -> CamClassifier:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from training.models import ArchSpec, CamClassifier, build_model
-from training.saliency_eval import occlusion_maps, positive_class_maps, score_maps, upsample
+from training.saliency.eval import occlusion_maps, positive_class_maps, score_maps, upsample
 
 
 class RegionMean(nn.Module):

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from tests.bundles import build_tiny_bundle
 from training.models import ArchSpec, build_model
 from training.run_format import RunCard, write_run_card
-from training.saliency_export import add_to_bundle
+from training.saliency.export import add_to_bundle
 from triage.bundle import load_bundle
 from triage.cascade.predict import PredictOptions, Predictor
 from triage.synth.dataset import SynthRequest, synthesize

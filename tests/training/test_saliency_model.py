@@ -11,8 +11,8 @@ import torch
 
 from training.models import ArchSpec, SaliencyForExport, SaliencyNet, build_model
 from training.run_format import RunCard, read_run_card, write_run_card
-from training.saliency_losses import map_loss, map_loss_per_image, mixed_objective
-from training.saliency_targets import TargetError, gaze_heatmap, lesion_heatmap, read_gaze_csv
+from training.saliency.losses import map_loss, map_loss_per_image, mixed_objective
+from training.saliency.targets import TargetError, gaze_heatmap, lesion_heatmap, read_gaze_csv
 from triage.cascade.preprocess import Geometry
 
 TINY_SAL = ArchSpec("saliency", "tu-resnet10t", options={"encoder_depth": 3, "decoder_channels": [32, 16, 8]})
@@ -115,7 +115,7 @@ def test_gaze_csv_is_read_and_validated(tmp_path: Path) -> None:
 def test_gaze_and_lesion_heatmaps_land_on_the_grid() -> None:
     # a 200 (h) x 100 (w) image letterboxed onto 64x64: content box 64 high, 32 wide, 16 px left padding
     geometry = Geometry((200, 100), (64, 64), (0, 16, 64, 32))
-    from training.saliency_targets import Fixation
+    from training.saliency.targets import Fixation
 
     heat = gaze_heatmap([Fixation(49.5, 99.5)], geometry, sigma_px=10.0)
     assert heat.shape == (64, 64) and heat.max() == pytest.approx(1.0, abs=0.02)

@@ -14,13 +14,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import training.saliency_terms  # noqa: F401  (registers the terms)
 from training.config import resolve
 from training.run import RunRequest, train
-from training.saliency_targets import TargetError
-from training.saliency_task import TargetSpec
-from training.saliency_terms import DataCheckError
-from training.saliency_train import train_saliency
+from training.saliency.targets import TargetError
+from training.saliency.task import TargetSpec
+from training.saliency.terms import DataCheckError
+from training.saliency.train import train_saliency
 from triage.data.folder import write_item
 from triage.synth.dataset import SynthRequest, read_metadata, synthesize
 
@@ -132,7 +131,10 @@ def test_cli_flags_and_their_errors(data: Path, cache: Path, tmp_path: Path) -> 
         "--heatmap-loss",
         "occlusion",
     )
-    assert bad_method.returncode == 2 and "--heatmap-loss must be one of" in bad_method.stderr
+    assert bad_method.returncode == 2 and bad_method.stderr.strip().splitlines() == [
+        "triage train classifier: error: Invalid value for '--heatmap-loss': 'occlusion' is not one of "
+        "'hirescam', 'gradcam'. (see triage train classifier --help)"
+    ]
     seg = _cli(
         "train",
         "segmenter",

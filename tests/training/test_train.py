@@ -188,7 +188,7 @@ def test_bad_requests_are_one_line_errors(synth_data: Path, cache_dir: Path, tmp
             "--quiet",
         ],
     )
-    assert result.exit_code == 2 and "--folds must be at least 2" in result.output
+    assert result.exit_code == 2 and "'--folds': Input should be greater than or equal to 2" in result.output
 
 
 def test_segmenter_without_positive_images_is_a_one_line_error(cache_dir: Path, tmp_path: Path) -> None:

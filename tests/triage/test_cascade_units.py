@@ -10,9 +10,11 @@ import pytest
 from tests.bundles import build_tiny_bundle
 from triage.bundle import Thresholds, load_bundle
 from triage.cascade import tta
+from triage.cascade.items import pixels_to_keep
 from triage.cascade.models import CascadeModels, normalised_cam
-from triage.cascade.postprocess import triplet_mask
+from triage.cascade.postprocess import decide, triplet_mask
 from triage.cascade.preprocess import as_pil, fit, to_source
+from triage.outputs.formats import format_option, parse_formats
 
 
 def test_letterbox_keeps_aspect_and_maps_back_to_the_source_grid() -> None:
@@ -89,3 +91,29 @@ def test_segmenter_tta_of_a_symmetric_model_changes_nothing(tmp_path: Path, use_
     x = np.random.default_rng(2).random((2, 1, 64, 64)).astype(np.float32)
     # the box-filter segmenter commutes with flips, so TTA must reproduce the plain output
     np.testing.assert_allclose(models.segment(x, use_tta), models.segment(x, False), atol=1e-5)
+
+
+def test_decision_positive_only_when_gated_with_a_mask_on_the_source_grid() -> None:
+    th = Thresholds(gate=0.5, top=0.75, min_area=4, bottom=0.3, min_component=1)
+    source = np.zeros((300, 200), np.float32)
+    _, geom = fit(source, (64, 64), "letterbox")
+    p = np.zeros((64, 64), np.float32)
+    p[20:30, 25:35] = 0.9  # a confident 10x10 region inside the letterboxed content
+    hit = decide(0.8, True, p, geom, (300, 200), (0.2, 0.2), th)
+    assert hit.positive and hit.gated and hit.mask.shape == (300, 200)
+    assert hit.area_px == int(hit.mask.sum()) > 0
+    assert hit.area_mm2 == round(hit.area_px * 0.04, 1)
+    assert hit.priority == pytest.approx(1.8)  # positives sort above every negative
+    gated_empty = decide(0.8, True, np.zeros_like(p), geom, (300, 200), None, th)
+    assert gated_empty.gated and not gated_empty.positive and gated_empty.area_px == 0
+    assert gated_empty.area_mm2 is None and gated_empty.priority == pytest.approx(0.8)
+    not_gated = decide(0.3, False, None, None, (300, 200), (0.2, 0.2), th)
+    assert not not_gated.positive and not not_gated.mask.any() and not_gated.area_mm2 == 0.0
+
+
+def test_output_formats_are_parsed_against_the_one_registry() -> None:
+    assert parse_formats(" png, sr ,") == {"png", "sr"}
+    assert format_option(parse_formats("sr,png,seg")) == "png,seg,sr"
+    with pytest.raises(ValueError, match=r"\['jpeg'\]; valid: png, seg, sc, sr, saliency"):
+        parse_formats("png,jpeg")
+    assert pixels_to_keep({"seg", "sr"}) == "none" and pixels_to_keep({"sc"}) == "overlay"

@@ -190,10 +190,10 @@ def test_size_strata_span_small_to_large() -> None:
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["--studies", "-3"], "--studies must be at least 1, got -3"),
-        (["--positive-fraction", "1.5"], "--positive-fraction must be in [0, 1], got 1.5"),
-        (["--size", "64"], "--size must be in [128, 4096] pixels, got 64"),
-        (["--compression", "zip"], "compression must be one of"),
+        (["--studies", "-3"], "Invalid value for '--studies': Input should be greater than or equal to 1"),
+        (["--positive-fraction", "1.5"], "'--positive-fraction': Input should be less than or equal to 1"),
+        (["--size", "64"], "'--size': Input should be greater than or equal to 128"),
+        (["--compression", "zip"], "'zip' is not one of 'none', 'rle', 'j2k'"),
         (["--noise", "-1"], "noise must be in [0.0, 0.5], got -1.0"),
     ],
 )

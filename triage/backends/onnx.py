@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
 import onnxruntime as ort
@@ -11,13 +10,14 @@ from numpy.typing import NDArray
 
 from triage.bundle import ModelSpec
 from triage.errors import ErrorCode, TriageError
+from triage.system import usable_cores
 
 logger = logging.getLogger(__name__)
 
 
 def default_threads() -> int:
     """Intra-op threads: the cores this process may use."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return usable_cores()
 
 
 class OnnxModel:

@@ -16,11 +16,11 @@ from triage.bundle import Bundle, ModelSpec
 from triage.cascade.preprocess import Geometry, as_pil, fit, normalise
 from triage.errors import ErrorCode, TriageError
 from triage.io.dicom import DicomImage, ReadPolicy, read_image
+from triage.outputs.formats import PICTURE_FORMATS
 from triage.outputs.overlay import overlay_base
 
 # What an item keeps of the decoded source image once its model inputs are made (see `load_item`).
 Keep = Literal["full", "overlay", "none"]
-PICTURE_FORMATS = frozenset({"png", "sc"})  # the outputs that draw the radiograph (overlay PNG / SC, panel)
 _DROPPED = np.zeros((0, 0), np.float32)  # DicomImage.pixels once released: rows/columns keep the grid
 _DROPPED.flags.writeable = False
 
@@ -77,18 +77,23 @@ class Item:
     @property
     def source_shape(self) -> tuple[int, int]:
         """(rows, columns) of the source pixel grid (the mask's grid), whatever is kept of the image."""
-        assert self.image is not None
-        return self.image.rows, self.image.columns
+        return self._image.rows, self._image.columns
+
+    @property
+    def _image(self) -> DicomImage:
+        if self.image is None:
+            raise ValueError("this input was not read (or failed to read): it has no image")
+        return self.image
 
     @property
     def picture(self) -> NDArray[np.float32]:
         """The image to draw an overlay from: the shrunk copy if that is what was kept, else the source."""
-        assert self.image is not None
+        image = self._image
         if self.display is not None:
             return self.display
-        if self.image.pixels.size == 0:
+        if image.pixels.size == 0:
             raise ValueError("the source image was released after preprocessing (load_item keep='none')")
-        return self.image.pixels
+        return image.pixels
 
 
 def load_item(path: str, bundle: Bundle, policy: ReadPolicy, keep: Keep = "full") -> Item:

@@ -1,33 +1,35 @@
-"""`triage predict`: the cascade over many files, with decoding and writing overlapping inference.
+"""The cascade engine (:meth:`Predictor.stream`) and the batch command on top of it (:meth:`Predictor.run`,
+``triage predict``).
 
-Readers (a thread pool) decode and preprocess up to `batch_size + readers` inputs ahead; the main thread
-batches images across studies for the classifier, runs the segmenter only on the images the gate passes,
-and hands each image to a writer pool; records are appended to results.jsonl as soon as their outputs
-are written (in input order). Memory is bounded by prefetch + batch + pending writes (at most
-`2 × batch_size`). Every input appears in results.jsonl exactly once.
+One engine for every caller: ``triage predict`` and the serving worker (``triage watch`` / ``triage listen``,
+``serving/worker.py``) both feed :meth:`Predictor.stream` with (key, path) pairs, and so should any new
+caller (a scheduler's shard, an actor in a cluster), so that a speed change lands once.
 
-Thread counts (:func:`thread_plan`) follow the cores this process may use unless the options name them:
-ONNX Runtime intra-op threads = cores, readers = cores (at most 4), writers = half the cores (at least 1).
+Readers (a thread pool) decode and preprocess ahead of the models; the calling thread batches images
+across studies for the classifier, runs the segmenter (and the saliency model) only on the images the
+gate passes, and hands each image to a writer pool; each record is reported as soon as its outputs are
+written (in input order; a file that cannot be read is reported at once). The thread counts and the
+queue depths are one plan (:func:`triage.cascade.options.thread_plan`), so memory is bounded by
+``read_ahead + batch_size + pending_writes`` images, each holding only the pixels its outputs need
+(``pixels_to_keep``).
 """
 
 from __future__ import annotations
 
-import logging
-import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
-import numpy as np
-
-from triage.backends import Device
 from triage.bundle import Bundle
-from triage.cascade.items import Item, load_item, pixels_to_keep
-from triage.cascade.models import CascadeModels, normalised_cam
-from triage.cascade.write import FORMATS, error_record, finish_item
+from triage.cascade.infer import infer_isolated
+from triage.cascade.items import Item, Keep, load_item, pixels_to_keep
+from triage.cascade.models import CascadeModels
+from triage.cascade.options import PredictOptions, ThreadPlan, thread_plan
+from triage.cascade.write import error_record, finish_item
 from triage.errors import ErrorCode, TriageError
 from triage.io.dicom import ReadPolicy
 from triage.io.inputs import expand_inputs
@@ -35,37 +37,25 @@ from triage.memory import fix_mmap_threshold
 from triage.outputs.batch import ResultsWriter, finished_inputs, read_results, write_worklist
 from triage.outputs.records import ResultRecord
 
-logger = logging.getLogger(__name__)
+__all__ = ["PredictOptions", "Predictor", "StreamSummary", "Summary", "ThreadPlan", "predict", "thread_plan"]
+
+K = TypeVar("K")
 
 
 @dataclass(frozen=True)
-class PredictOptions:
-    tta: bool = True
-    saliency: bool = True
-    formats: frozenset[str] = frozenset({"png", "seg", "sc", "saliency"})
-    batch_size: int = 8
-    policy: ReadPolicy = field(default_factory=ReadPolicy)
-    device: Device = "auto"
-    threads: int | None = None  # ONNX Runtime intra-op threads; None = the cores available
-    read_workers: int | None = None  # decode/preprocess threads; None = chosen from the cores
-    resume: bool = False
-    write_workers: int | None = None  # output threads; None = chosen from the cores
-    variant: str = "auto"  # model variant: auto (the card's default for the device), fp32, int8, ...
+class StreamSummary:
+    """What one :meth:`Predictor.stream` call did: records reported, of which errors, and seconds."""
 
-    def __post_init__(self) -> None:
-        bad = sorted(set(self.formats) - set(FORMATS))
-        if bad:
-            raise ValueError(f"unknown output formats {bad}; valid: {list(FORMATS)}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
-        for name in ("threads", "read_workers", "write_workers"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be at least 1 (or None for automatic), got {value}")
+    records: int
+    failed: int
+    seconds: float
 
 
 @dataclass
 class Summary:
+    """What :meth:`Predictor.run` did: its records (in results.jsonl order), inputs skipped by
+    ``resume``, and seconds."""
+
     records: list[ResultRecord]
     skipped: int
     seconds: float
@@ -75,103 +65,117 @@ class Summary:
         return sum(r.status == "error" for r in self.records)
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+def _read_ahead(
+    inputs: Iterable[tuple[K, str]],
+    bundle: Bundle,
+    policy: ReadPolicy,
+    keep: Keep,
+    pool: ThreadPoolExecutor,
+    depth: int,
+) -> Iterator[tuple[K, Item]]:
+    """(key, item) in input order, with at most ``depth`` inputs read or waiting; ``inputs`` is pulled
+    (in the calling thread) only to refill that depth."""
+    pending: deque[tuple[K, Future[Item]]] = deque()
+    source = iter(inputs)
 
+    def submit() -> bool:
+        nxt = next(source, None)
+        if nxt is None:
+            return False
+        key, path = nxt
+        pending.append((key, pool.submit(load_item, path, bundle, policy, keep)))
+        return True
 
-@dataclass(frozen=True)
-class ThreadPlan:
-    inference: int  # ONNX Runtime intra-op threads
-    readers: int  # decode + preprocess
-    writers: int  # outputs
-
-
-def thread_plan(options: PredictOptions) -> ThreadPlan:
-    """The thread counts for ``options``: each one it names, else chosen from the cores available."""
-    cores = _cores()
-    return ThreadPlan(
-        inference=options.threads or cores,
-        readers=options.read_workers or max(1, min(cores, 4)),
-        writers=options.write_workers or max(1, cores // 2),
-    )
-
-
-def _infer(models: CascadeModels, batch: list[Item], options: PredictOptions) -> None:
-    """Gate, segment and saliency for a batch, filling the items in place."""
-    t0 = time.perf_counter()
-    x = np.stack([it.gate_input.x for it in batch])  # type: ignore[union-attr]
-    prob, cam = models.gate(x, options.tta)
-    t1 = time.perf_counter()
-    gate = models.bundle.thresholds.gate
-    cams = normalised_cam(cam) if (cam is not None and options.saliency) else None
-    for i, it in enumerate(batch):
-        it.probability = float(prob[i])
-        it.gated = bool(prob[i] >= gate)
-        it.cam = cams[i] if cams is not None else None
-        it.timings_ms["gate"] = 1000 * (t1 - t0) / len(batch)
-    gated = [it for it in batch if it.gated]
-    if gated:
-        xs = np.stack([it.seg_input.x for it in gated])  # type: ignore[union-attr]
-        seg = models.segment(xs, options.tta)
-        t2 = time.perf_counter()
-        for i, it in enumerate(gated):
-            it.seg_prob = seg[i]
-            it.timings_ms["segment"] = 1000 * (t2 - t1) / len(gated)
-        if options.saliency and models.saliency is not None:
-            maps = models.saliency_map(np.stack([it.sal_input.x for it in gated]))  # type: ignore[union-attr]
-            t3 = time.perf_counter()
-            for i, it in enumerate(gated):
-                it.saliency = maps[i]
-                it.timings_ms["saliency"] = 1000 * (t3 - t2) / len(gated)
-
-
-def _infer_isolated(models: CascadeModels, batch: list[Item], options: PredictOptions) -> None:
-    """Run the batch; if it fails, run each item alone so one bad image fails only itself."""
-    try:
-        _infer(models, batch, options)
-        return
-    except Exception as exc:
-        logger.warning("batch of %d failed (%s); retrying images one by one", len(batch), type(exc).__name__)
-    for it in batch:
-        try:
-            _infer(models, [it], options)
-        except Exception as exc:
-            it.error = TriageError(ErrorCode.INFERENCE_FAILED, f"{type(exc).__name__}: {exc}")
-
-
-def _prefetched(
-    paths: list[str], bundle: Bundle, options: PredictOptions, pool: ThreadPoolExecutor, depth: int
-) -> Iterator[Item]:
-    """Items in input order, with at most `depth` reads in flight."""
-    pending: deque[Future[Item]] = deque()
-    it = iter(paths)
-    keep = pixels_to_keep(options.formats)
-    for path in it:
-        pending.append(pool.submit(load_item, path, bundle, options.policy, keep))
-        if len(pending) >= depth:
-            break
+    while len(pending) < depth and submit():
+        pass
     while pending:
-        item = pending.popleft().result()
-        nxt = next(it, None)
-        if nxt is not None:
-            pending.append(pool.submit(load_item, nxt, bundle, options.policy, keep))
-        yield item
+        key, future = pending.popleft()
+        item = future.result()
+        submit()
+        yield key, item
 
 
 class Predictor:
-    """The bundle's models, loaded once; :meth:`run` them over any number of batches.
+    """The bundle's models, loaded once, and the cascade engine that runs them (:meth:`stream`).
 
-    The CLI makes one and runs it once; a long-running service (the folder watcher, the DICOM listener)
-    keeps one and runs it per study, so models are loaded and optimised only at start-up.
+    ``triage predict`` makes one and calls :meth:`run` once. A long-running service (the folder watcher,
+    the DICOM listener) keeps one for its lifetime and calls :meth:`stream` with a lazy iterator over its
+    job queue each time work arrives, so models are loaded and optimised only at start-up.
     """
 
     def __init__(self, bundle: Bundle, options: PredictOptions, models: CascadeModels | None = None) -> None:
         fix_mmap_threshold()  # flat memory over thousands of studies (triage/memory.py)
         self.bundle = bundle
         self.options = options
+        self.plan = thread_plan(options)
         self.models = models or CascadeModels(
-            bundle, options.device, thread_plan(options).inference, variant=options.variant
+            bundle, options.device, self.plan.inference, variant=options.variant
         )
+
+    def stream(
+        self,
+        inputs: Iterable[tuple[K, str]],
+        out: Path,
+        on_record: Callable[[K, ResultRecord], None],
+    ) -> StreamSummary:
+        """Run the cascade over ``inputs``, (key, file path) pairs, writing each image's outputs under
+        ``out`` (``studies/<study UID>/…``: atomic, deterministic names and UIDs, so a re-run replaces).
+
+        Every input yields exactly one :class:`ResultRecord` (an error record for a file that cannot be
+        used), passed to ``on_record(key, record)`` in the calling thread as soon as its outputs are
+        written; records come in input order, except that a file that fails to read is reported as soon
+        as the read fails, before the good files still in the pipeline. ``key`` is any value the caller
+        uses to match records to its own work (a path, a job, a row of a manifest).
+
+        ``inputs`` is consumed lazily, in the calling thread, only as the pipeline has room: at most
+        ``plan.in_flight(batch_size)`` inputs are pulled and not yet reported, so a service can claim work
+        from its queue as it goes (and stop claiming on shutdown: the stream then finishes what it took
+        and returns). Nothing is written under ``out`` besides the per-image outputs; ``options.resume``
+        does not apply (see :meth:`run`). If ``on_record`` raises, the stream stops after the images in
+        flight are written, and the exception propagates.
+        """
+        start = time.perf_counter()
+        options, plan, bundle = self.options, self.plan, self.bundle
+        count = failed = 0
+        with (
+            ThreadPoolExecutor(plan.readers, thread_name_prefix="read") as readers,
+            ThreadPoolExecutor(plan.writers, thread_name_prefix="write") as writers,
+        ):
+            writing: deque[tuple[K, Future[ResultRecord]]] = deque()
+            batch: list[tuple[K, Item]] = []
+
+            def emit(key: K, record: ResultRecord) -> None:
+                nonlocal count, failed
+                count += 1
+                failed += record.status == "error"
+                on_record(key, record)
+
+            def drain(limit: int) -> None:
+                """Report finished records in order; wait while more than ``limit`` writes are pending."""
+                while writing and (len(writing) > limit or writing[0][1].done()):
+                    key, future = writing.popleft()
+                    emit(key, future.result())
+
+            def flush() -> None:
+                infer_isolated(self.models, [it for _, it in batch], options)
+                for key, it in batch:
+                    writing.append((key, writers.submit(finish_item, it, bundle, out, options.formats)))
+                batch.clear()
+                drain(plan.pending_writes)
+
+            keep = pixels_to_keep(options.formats)
+            for key, item in _read_ahead(inputs, bundle, options.policy, keep, readers, plan.read_ahead):
+                drain(plan.pending_writes)
+                if item.error is not None:
+                    emit(key, error_record(item, bundle.label))
+                    continue
+                batch.append((key, item))
+                if len(batch) >= options.batch_size:
+                    flush()
+            if batch:
+                flush()
+            drain(0)
+        return StreamSummary(count, failed, time.perf_counter() - start)
 
     def run(
         self,
@@ -180,12 +184,43 @@ class Predictor:
         on_record: Callable[[ResultRecord], None] | None = None,
         on_total: Callable[[int], None] | None = None,
     ) -> Summary:
-        """Run the cascade over ``inputs`` (files, folders, globs), writing everything under ``out``.
+        """A batch (``triage predict``): :meth:`stream` over ``inputs`` (files, folders, globs), with the
+        batch's bookkeeping in ``out``: records appended to results.jsonl as they come (an argument that
+        matches no file gets an error record first), worklist.csv written at the end, and with
+        ``options.resume`` the inputs already in results.jsonl skipped.
 
+        ``on_total`` is called once with the number of records to expect; ``on_record`` with each.
         Raises TriageError(WRITE_FAILED) when ``out`` already holds a results.jsonl and the options do not
         say ``resume`` (a finished batch is never overwritten by accident).
         """
-        return _run(self.models, inputs, out, self.options, on_record, on_total)
+        start = time.perf_counter()
+        out.mkdir(parents=True, exist_ok=True)
+        results_path = out / "results.jsonl"
+        if results_path.exists() and not self.options.resume:
+            raise TriageError(
+                ErrorCode.WRITE_FAILED,
+                f"{results_path} exists: pass --resume to continue that batch, or choose another --out",
+            )
+        done = finished_inputs(out) if self.options.resume else set()
+        files, missing = expand_inputs(list(inputs))
+        todo = [str(p) for p in files if str(p) not in done]
+        missing = [(arg, err) for arg, err in missing if arg not in done]
+        if on_total is not None:
+            on_total(len(todo) + len(missing))
+        records: list[ResultRecord] = []
+        with ResultsWriter(out) as results:
+
+            def emit(_input: str, record: ResultRecord) -> None:
+                results.write(record)
+                records.append(record)
+                if on_record is not None:
+                    on_record(record)
+
+            for arg, err in missing:
+                emit(arg, error_record(Item(input=arg, error=err), self.bundle.label))
+            self.stream(((path, path) for path in todo), out, emit)
+        write_worklist(out, read_results(out))
+        return Summary(records, len(files) - len(todo), time.perf_counter() - start)
 
 
 def predict(
@@ -198,74 +233,3 @@ def predict(
 ) -> Summary:
     """Load the bundle's models and run the cascade once over ``inputs``; see :meth:`Predictor.run`."""
     return Predictor(bundle, options).run(inputs, out, on_record, on_total)
-
-
-def _run(
-    models: CascadeModels,
-    inputs: Iterable[str],
-    out: Path,
-    options: PredictOptions,
-    on_record: Callable[[ResultRecord], None] | None,
-    on_total: Callable[[int], None] | None,
-) -> Summary:
-    bundle = models.bundle
-    start = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
-    if (out / "results.jsonl").exists() and not options.resume:
-        raise TriageError(
-            ErrorCode.WRITE_FAILED,
-            f"{out / 'results.jsonl'} exists: pass --resume to continue that batch, or choose another --out",
-        )
-    done = finished_inputs(out) if options.resume else set()
-    files, missing = expand_inputs(list(inputs))
-    todo = [str(p) for p in files if str(p) not in done]
-    skipped = len(files) - len(todo)
-    if on_total is not None:
-        on_total(len(todo) + sum(arg not in done for arg, _ in missing))
-    records: list[ResultRecord] = []
-    plan = thread_plan(options)
-    with (
-        ResultsWriter(out) as results,
-        ThreadPoolExecutor(plan.readers, thread_name_prefix="read") as readers,
-        ThreadPoolExecutor(plan.writers, thread_name_prefix="write") as writers,
-    ):
-
-        def emit(record: ResultRecord) -> None:
-            results.write(record)
-            records.append(record)
-            if on_record is not None:
-                on_record(record)
-
-        for arg, err in missing:
-            if arg not in done:
-                emit(error_record(Item(input=arg, error=err), bundle.label))
-        writing: deque[Future[ResultRecord]] = deque()
-
-        def drain(limit: int) -> None:
-            """Emit finished records in order; wait while more than ``limit`` writes are pending."""
-            while writing and (len(writing) > limit or writing[0].done()):
-                emit(writing.popleft().result())
-
-        batch: list[Item] = []
-
-        def flush() -> None:
-            _infer_isolated(models, batch, options)
-            for it in batch:
-                writing.append(writers.submit(finish_item, it, bundle, out, options.formats))
-            batch.clear()
-            drain(2 * options.batch_size)
-
-        depth = options.batch_size + plan.readers
-        for item in _prefetched(todo, bundle, options, readers, depth=depth):
-            drain(2 * options.batch_size)
-            if item.error is not None:
-                emit(error_record(item, bundle.label))
-                continue
-            batch.append(item)
-            if len(batch) >= options.batch_size:
-                flush()
-        if batch:
-            flush()
-        drain(0)
-    write_worklist(out, read_results(out))
-    return Summary(records, skipped, time.perf_counter() - start)

@@ -1,4 +1,5 @@
-"""Per-image post-processing and outputs (runs in writer threads): mask on the source grid, files, record."""
+"""Per-image outputs (runs in writer threads): the decision (``triage/cascade/postprocess.py: decide``)
+written as the files the options ask for (``triage/outputs/formats.py``) and the image's record."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from triage.bundle import Bundle
-from triage.cascade.items import PICTURE_FORMATS, Item
-from triage.cascade.postprocess import triplet_mask
-from triage.cascade.preprocess import content, to_source
+from triage.cascade.items import Item
+from triage.cascade.postprocess import Decision, decide
+from triage.cascade.preprocess import content
 from triage.errors import ErrorCode, TriageError
 from triage.outputs.atomic import atomic_save_png
 from triage.outputs.dicom_objects import BundleInfo
+from triage.outputs.formats import PICTURE_FORMATS
 from triage.outputs.overlay import render_overlay, save_mask_png
 from triage.outputs.paths import study_dir, validated_uid
 from triage.outputs.records import ResultRecord
@@ -23,8 +25,6 @@ from triage.outputs.saliency import render_saliency_panel, write_saliency_sc
 from triage.outputs.sc import write_sc
 from triage.outputs.seg import write_seg
 from triage.outputs.sr import write_sr
-
-FORMATS = ("png", "seg", "sc", "sr", "saliency")
 
 
 def error_record(item: Item, bundle_label: str) -> ResultRecord:
@@ -47,34 +47,24 @@ def _rounded(timings: dict[str, float]) -> dict[str, float]:
     return {k: round(v, 2) for k, v in timings.items()}
 
 
-def source_mask(item: Item, bundle: Bundle) -> NDArray[np.bool_]:
-    """The triplet-thresholded mask mapped back to the source pixel grid (empty when not gated)."""
-    shape = item.source_shape
-    if item.seg_prob is None or item.seg_input is None:
-        return np.zeros(shape, bool)
-    grid_mask = triplet_mask(item.seg_prob, bundle.thresholds)
-    if not grid_mask.any():
-        return np.zeros(shape, bool)
-    return to_source(grid_mask.astype(np.float32), item.seg_input.geometry) >= 0.5
-
-
 def _cam_on_source(item: Item) -> NDArray[np.float32] | None:
     """The classifier's CAM cropped to the image (letterbox padding removed) at its own resolution, or
     None; the renderers resize a map once, to their own output size, rather than to the full source grid
     first (a 2048² float map per image)."""
-    assert item.image is not None and item.gate_input is not None
     if item.cam is None:
         return None
+    if item.gate_input is None:
+        raise ValueError("a CAM without the classifier's input geometry")
     return np.clip(content(item.cam, item.gate_input.geometry), 0.0, 1.0)
 
 
 def _model_saliency_on_source(item: Item) -> NDArray[np.float32] | None:
     """The saliency model's map cropped to the image through its own input's geometry, or None."""
-    assert item.image is not None
     if item.saliency is None:
         return None
     prepared = item.sal_input or item.gate_input
-    assert prepared is not None
+    if prepared is None:
+        raise ValueError("a saliency map without its model's input geometry")
     return np.clip(content(item.saliency, prepared.geometry), 0.0, 1.0)
 
 
@@ -84,15 +74,19 @@ def _saliency_on_source(item: Item) -> NDArray[np.float32] | None:
     return chosen if chosen is not None else _cam_on_source(item)
 
 
-def _decision(item: Item, bundle: Bundle) -> tuple[NDArray[np.bool_], int, bool, float | None, float]:
-    """(source-grid mask, area px, positive, area mm² or None, probability) of an inferred image."""
-    assert item.image is not None
-    mask = source_mask(item, bundle)
-    area = int(mask.sum())
-    positive = bool(item.gated and area > 0)
-    spacing = item.image.pixel_spacing_mm
-    area_mm2 = round(area * spacing[0] * spacing[1], 1) if spacing else None
-    return mask, area, positive, area_mm2, float(item.probability or 0.0)
+def _decision(item: Item, bundle: Bundle) -> Decision:
+    """The decision for an inferred image (see :func:`triage.cascade.postprocess.decide`)."""
+    if item.image is None:
+        raise ValueError("this input has no image to decide on")
+    return decide(
+        float(item.probability or 0.0),
+        item.gated,
+        item.seg_prob,
+        item.seg_input.geometry if item.seg_input is not None else None,
+        item.source_shape,
+        item.image.pixel_spacing_mm,
+        bundle.thresholds,
+    )
 
 
 def finish_item(item: Item, bundle: Bundle, out: Path, formats: frozenset[str]) -> ResultRecord:
@@ -108,7 +102,7 @@ def finish_item(item: Item, bundle: Bundle, out: Path, formats: frozenset[str]) 
     t0 = time.perf_counter()
     image = item.image
     try:
-        mask, area, positive, area_mm2, probability = _decision(item, bundle)
+        decision = _decision(item, bundle)
         folder = study_dir(out, image.study_uid)
         sop = validated_uid(image.sop_uid, "SOPInstanceUID")
     except TriageError as exc:
@@ -130,6 +124,8 @@ def finish_item(item: Item, bundle: Bundle, out: Path, formats: frozenset[str]) 
         except Exception as exc:
             failures[kind] = f"{type(exc).__name__}: {exc}"
 
+    mask, area, area_mm2 = decision.mask, decision.area_px, decision.area_mm2
+    positive, probability = decision.positive, decision.probability
     overlay = None
     area_text = f"{area_mm2:.0f} mm²" if area_mm2 is not None else f"{area} px"
     caption = (
@@ -202,10 +198,10 @@ def finish_item(item: Item, bundle: Bundle, out: Path, formats: frozenset[str]) 
         sop_uid=image.sop_uid,
         probability=round(probability, 6),
         positive=positive,
-        gated=item.gated,
+        gated=decision.gated,
         mask_area_px=area,
         mask_area_mm2=area_mm2,
-        priority=round(probability + (1.0 if positive else 0.0), 6),
+        priority=round(decision.priority, 6),
         bundle=bundle.label,
         outputs=outputs,
         timings_ms=_rounded(item.timings_ms),

@@ -1,15 +1,16 @@
-"""The body of ``triage evaluate``: a bundle (ONNX Runtime, no torch) or training runs (torch, imported only
-then), a progress bar, the report, a short summary on the terminal."""
+"""The body of ``triage evaluate``: a bundle (ONNX Runtime, no torch) or training runs (torch: the loader
+registered in the ``triage.run_loaders`` entry-point group, loaded only then), a progress bar, the report,
+a short summary on the terminal."""
 
 from __future__ import annotations
 
-import importlib
 import logging
 from pathlib import Path
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from triage.cli.plugins import RUN_LOADERS, load_plugin
 from triage.errors import TriageError
 from triage.evaluation.context import EvalOptions
 from triage.evaluation.models import Cascade, from_bundle, is_bundle
@@ -29,11 +30,8 @@ def load_cascade(models: list[Path], device: str) -> Cascade:
         )
     if len(models) > 3:
         raise ValueError("give at most three runs: a classifier, a segmenter or baseline, and a saliency run")
-    try:  # imported at run time: the runtime never imports training (torch) otherwise
-        eval_models = importlib.import_module("training.eval_models")
-    except ImportError as exc:
-        raise ValueError(f"evaluating training runs needs the training extra (torch): {exc}") from None
-    cascade: Cascade = eval_models.from_runs(models, device)
+    from_runs = load_plugin(RUN_LOADERS, "evaluating training runs")
+    cascade: Cascade = from_runs(models, device)
     return cascade
 
 

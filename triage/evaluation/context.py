@@ -1,5 +1,5 @@
 """What report sections share: the predictions, the thresholds, per-image overlap counts under a decision
-rule, and bootstrap confidence intervals.
+rule, bootstrap confidence intervals, and the section contract (``Section``: ``Context -> SectionOutput``).
 
 Per-image counts (intersection, predicted area, true area, on the segmenter's grid) give every
 segmentation metric of :mod:`triage.metrics` without keeping masks: Dice per image (1 when both are empty),
@@ -24,6 +24,16 @@ from triage.evaluation.predictions import Predictions
 
 Gate = Literal["model", "none", "oracle"]
 FloatArray = NDArray[np.float64]
+
+
+@dataclass
+class SectionOutput:
+    """What a report section returns: its title, its Markdown, its data for report.json, its figures."""
+
+    title: str
+    markdown: str
+    data: dict[str, Any] = field(default_factory=dict)
+    figures: list[str] = field(default_factory=list)  # file names in the report folder
 
 
 @dataclass(frozen=True)
@@ -144,3 +154,6 @@ def fmt(value: float, ci: tuple[float, float] | None = None, digits: int = 3) ->
         return "–"
     text = f"{value:.{digits}f}"
     return f"{text} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else text
+
+
+Section = Callable[["Context"], SectionOutput]  # a report section (triage/evaluation/sections.py)

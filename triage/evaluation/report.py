@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 
 from triage.bundle import Thresholds
-from triage.evaluation.context import Context, EvalOptions
+from triage.evaluation.context import Context, EvalOptions, SectionOutput
 from triage.evaluation.models import Cascade
 from triage.evaluation.predictions import collect
-from triage.evaluation.sections import DEFAULT_SECTIONS, SECTIONS, SectionOutput
+from triage.evaluation.sections import DEFAULT_SECTIONS, SECTIONS
 
 REPORT_MD = "report.md"
 REPORT_JSON = "report.json"

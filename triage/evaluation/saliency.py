@@ -25,9 +25,8 @@ from PIL import Image
 
 from triage import saliency_metrics as sm
 from triage.cascade.preprocess import fit, normalise
-from triage.evaluation.context import Context
+from triage.evaluation.context import Context, SectionOutput
 from triage.evaluation.corruptions import evaluate_corruptions, markdown, render_heatmap
-from triage.evaluation.sections import SectionOutput
 from triage.outputs.atomic import atomic_save_png
 from triage.outputs.overlay import render_overlay
 

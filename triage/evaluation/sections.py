@@ -10,8 +10,6 @@ in :data:`SECTIONS` and pass its name in ``sections`` to :func:`triage.evaluatio
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -21,20 +19,10 @@ from triage import metrics
 from triage.bundle import Thresholds
 from triage.evaluation import figures
 from triage.evaluation.confound import drain_markdown, drain_report
-from triage.evaluation.context import Context, auc_or_nan, fmt
+from triage.evaluation.context import Context, Section, SectionOutput, auc_or_nan, fmt
 from triage.evaluation.predictions import STRATA
+from triage.evaluation.saliency import corruptions, saliency
 from triage.evaluation.search import SearchGrid, best_of, dice_tables, surface
-
-
-@dataclass
-class SectionOutput:
-    title: str
-    markdown: str
-    data: dict[str, Any] = field(default_factory=dict)
-    figures: list[str] = field(default_factory=list)  # file names in the report folder
-
-
-Section = Callable[[Context], SectionOutput]
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -334,11 +322,7 @@ SECTIONS: dict[str, Section] = {
     "roc": roc,
     "thresholds": thresholds,
     "overlays": overlays,
+    "saliency": saliency,  # `triage evaluate --saliency` (triage/evaluation/saliency.py)
+    "corruptions": corruptions,  # `triage evaluate --corruptions`
 }
 DEFAULT_SECTIONS = ("summary", "strata", "roc", "thresholds", "overlays")
-
-# `triage evaluate --saliency` and `--corruptions` (triage/evaluation/saliency.py imports SectionOutput from
-# this module, hence the import at the end).
-from triage.evaluation.saliency import corruptions, saliency  # noqa: E402
-
-SECTIONS |= {"saliency": saliency, "corruptions": corruptions}

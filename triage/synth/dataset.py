@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -30,6 +29,7 @@ from triage import __version__
 from triage.data.siim import write_rle_rows
 from triage.synth.config import ConfigError, PhantomConfig
 from triage.synth.study import DICOM_DIR, MASK_DIRS, StudyPlan, make_study
+from triage.system import usable_cores
 
 MANIFEST = "synth.json"
 RLE_CSV = "train-rle.csv"
@@ -114,7 +114,7 @@ def _run(plans: list[StudyPlan], workers: int) -> Iterator[tuple[dict[str, Any],
 
 
 def default_workers() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    return usable_cores()
 
 
 def synthesize(

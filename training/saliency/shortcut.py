@@ -41,7 +41,7 @@ from training.config import TrainConfig, resolve
 from training.models import CamClassifier, build_model
 from training.run import RunRequest, train
 from training.run_format import CARD, read_run_card
-from training.saliency_eval import class_maps, score_maps, upsample
+from training.saliency.eval import class_maps, score_maps, upsample
 from triage import metrics
 from triage.bundle import Normalization
 from triage.cascade.preprocess import fit, normalise
@@ -55,7 +55,7 @@ logger = logging.getLogger(__name__)
 
 GROUPS = ("ce", "heatmap")
 OCCLUSION = (16, 16)  # patch, stride (px on the 128-px grid): 64 occluded copies per image
-# key -> (attribution method, class explained); see training.saliency_eval
+# key -> (attribution method, class explained); see training.saliency.eval
 METHODS = {
     "hirescam": ("hirescam", "predicted"),
     "hirescam_positive": ("hirescam", "positive"),

@@ -4,8 +4,9 @@ Three attribution methods, each for the *predicted* class (y = s·z with s = sig
 loss trains) or the *positive* class (y = z, the pneumothorax logit: the map a radiologist is shown):
 
 * ``hirescam`` — HiResCAM on the last feature map. For the GAP + linear head of :class:`CamClassifier`
-  this is the closed form ReLU(s·(CAM − b))/(h·w) (:func:`training.attribution.closed_form_map`); equal
-  to Grad-CAM on that layer, so it is *not* a second opinion there.
+  this is the closed form ReLU(s·(CAM − b))/(h·w)
+  (:func:`training.saliency.attribution.closed_form_map`); equal to Grad-CAM on that layer, so it is *not*
+  a second opinion there.
 * ``gradcam:<layer>`` — Grad-CAM on an inner layer (e.g. ``backbone.layer3``, twice the resolution):
   the audit the heatmap-loss paper asks for (an independent re-check found Grad-CAM disagreeing).
 * ``occlusion`` — the drop of y when a square patch (``patch`` px, moved by ``stride`` px) is set to 0
@@ -30,8 +31,8 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 from torch import nn
 
-from training.attribution import attribute, closed_form_map
 from training.models import CamClassifier
+from training.saliency.attribution import attribute, closed_form_map
 from triage import saliency_metrics as sm
 
 FloatArray = NDArray[np.float32]

@@ -21,13 +21,10 @@ The mixed objective (variant 3 of the source, with the head's CAM as the "genera
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 
-MapLoss = Literal["bce", "kl", "mse"]
-MAP_LOSSES: tuple[MapLoss, ...] = ("bce", "kl", "mse")
+from training.saliency.options import MAP_LOSSES, MapLoss
 
 
 def target_on_grid(target: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

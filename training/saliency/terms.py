@@ -1,35 +1,28 @@
-"""The saliency work's hooks into the trainer: extra loss terms and an augmentation, registered by name.
+"""The saliency work's extra loss terms for the trainer, listed by name in :data:`training.losses.LOSS_TERMS`.
 
-* loss term ``heatmap`` (:class:`HeatmapTerm`): the heatmap loss of :mod:`training.heatmap_loss`, listed
-  in a classifier config as ``extra_losses: [{name: heatmap, weight: λ, method: hirescam, which:
-  predicted, mode: irrelevant, region: lungs, layer: null}]`` — what ``triage train classifier
-  --heatmap-loss hirescam --heatmap-weight λ`` writes. Before training starts it checks the data: every
-  training image needs its region mask (lung fields, or the pneumothorax mask for ``region: lesion``),
-  none of them empty.
+* loss term ``heatmap`` (:class:`HeatmapTerm`): the heatmap loss of
+  :mod:`training.saliency.heatmap_loss`, listed in a classifier config as ``extra_losses: [{name: heatmap,
+  weight: λ, method: hirescam, which: predicted, mode: irrelevant, region: lungs, layer: null}]`` — what
+  ``triage train classifier --heatmap-loss hirescam --heatmap-weight λ`` writes. Before training starts it
+  checks the data: every training image needs its region mask (lung fields, or the pneumothorax mask for
+  ``region: lesion``), none of them empty.
 * loss term ``saliency_map`` (:class:`SaliencyMapTerm`): the map part of the saliency U-Net's mixed
-  objective (:mod:`training.saliency_losses`).
-* augmentation ``corruption`` (:class:`CorruptionAugment`): one of the 5 × 5 robustness corruptions
-  (:mod:`triage.corruptions`) with probability ``p`` — ``--corruption-augment``.
+  objective (:mod:`training.saliency.losses`).
 
-Importing this module registers them (:func:`register`; the trainer's registries are
-:data:`training.losses.LOSS_TERMS` and :data:`training.augment.TRANSFORMS`).
+The augmentation ``corruption`` of ``--corruption-augment`` is :class:`training.augment.CorruptionAugment`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from training.augment import TRANSFORMS, Sample
-from training.heatmap_loss import HeatmapLoss, HeatmapLossConfig
-from training.losses import LOSS_TERMS
-from training.saliency_losses import MAP_LOSSES, MapLoss, map_loss
-from triage.corruptions import random_corruption
+from training.saliency.heatmap_loss import HeatmapLoss, HeatmapLossConfig
+from training.saliency.losses import MAP_LOSSES, MapLoss, map_loss
 
 
 class DataCheckError(ValueError):
@@ -125,24 +118,3 @@ class SaliencyMapTerm:
         cam_term = map_loss(cam.float(), target, self.kind, valid) if self.alpha < 1 else cam.sum() * 0.0
         total = self.alpha * decoder + (1.0 - self.alpha) * cam_term
         return total, {"decoder": float(decoder.detach()), "cam": float(cam_term.detach())}
-
-
-@dataclass(frozen=True)
-class CorruptionAugment:
-    """With probability ``p``: one corruption of :mod:`triage.corruptions` at a random severity; image
-    only (the masks do not move)."""
-
-    p: float = 0.5
-
-    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
-        return {**sample, "image": random_corruption(sample["image"], rng, self.p)}
-
-
-def register() -> None:
-    """Add the terms and the augmentation to the trainer's registries (idempotent)."""
-    LOSS_TERMS.setdefault("heatmap", HeatmapTerm)
-    LOSS_TERMS.setdefault("saliency_map", SaliencyMapTerm)
-    TRANSFORMS.setdefault("corruption", CorruptionAugment)
-
-
-register()

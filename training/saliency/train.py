@@ -1,7 +1,7 @@
 """``triage train saliency``: the saliency U-Net (an smp U-Net with a classification head) trained against
 target heatmaps, with the trainer of :mod:`training.engine` (one-cycle, logs, checkpoints, resume).
 
-Objective (seeds.md C; :mod:`training.saliency_losses`)::
+Objective (seeds.md C; :mod:`training.saliency.losses`)::
 
     L = BCE(logit, label) + w · [α · L_map(decoder, T) + (1 − α) · L_map(CAM, T)]
 
@@ -42,8 +42,8 @@ from training.run import (
     prepare_for,
 )
 from training.run_format import CARD, RunCard, write_run_card
-from training.saliency_targets import TargetError, read_gaze_csv
-from training.saliency_task import SaliencyDataset, SaliencyTask, TargetSpec
+from training.saliency.targets import TargetError, read_gaze_csv
+from training.saliency.task import SaliencyDataset, SaliencyTask, TargetSpec
 from triage import __version__
 
 logger = logging.getLogger(__name__)

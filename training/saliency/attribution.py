@@ -28,17 +28,13 @@ either attribution map.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import nn
 
 from training.models import CamClassifier
+from training.saliency.options import CLASS_CHOICES, METHODS, ClassChoice, Method
 
-Method = Literal["hirescam", "gradcam"]
-METHODS: tuple[Method, ...] = ("hirescam", "gradcam")
-ClassChoice = Literal["predicted", "true"]
-CLASS_CHOICES: tuple[ClassChoice, ...] = ("predicted", "true")
 MAX_LISTED_LAYERS = 60
 EPS = 1e-8
 

@@ -1,7 +1,7 @@
 """The heatmap loss: a penalty on attribution that falls where it should not (seeds.md, B).
 
 ``loss = classification loss + λ · heatmap term``. The heatmap term is computed on the normalised
-attribution map Ĥ = ReLU(H)/max(H) (N, 1, h, w) of :mod:`training.attribution`, with the region mask
+attribution map Ĥ = ReLU(H)/max(H) (N, 1, h, w) of :mod:`training.saliency.attribution`, with the region mask
 (lung fields, or the pneumothorax mask) resized to the map's grid by area averaging, so that a grid cell
 holds the *fraction* R ∈ [0, 1] of its pixels inside the region:
 
@@ -21,13 +21,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.attribution import (
+from training.saliency.attribution import (
     CLASS_CHOICES,
     METHODS,
     ClassChoice,
@@ -36,11 +36,8 @@ from training.attribution import (
     attribute_from_features,
     normalise_map,
 )
+from training.saliency.options import MODES, REGIONS, Mode, Region
 
-Mode = Literal["irrelevant", "relevant"]
-MODES: tuple[Mode, ...] = ("irrelevant", "relevant")
-Region = Literal["lungs", "lesion"]
-REGIONS: tuple[Region, ...] = ("lungs", "lesion")
 BATCH_KEY = {"lungs": "lungs", "lesion": "mask"}
 
 

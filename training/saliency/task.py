@@ -3,7 +3,7 @@ validation metrics.
 
 Batches carry ``target`` (N, 1, H, W) in [0, 1] and ``has_target`` (N,): the phantom's reading heatmap
 (``--target heatmap``), the blurred pneumothorax mask (``--target lesion``) or the eye-gaze heatmap
-(``--target gaze``), all on the model grid (:mod:`training.saliency_targets`). The target moves with the
+(``--target gaze``), all on the model grid (:mod:`training.saliency.targets`). The target moves with the
 image under the geometric augmentations (it is one of the sample's maps).
 
 Validation: the classifier head's AUC (the metric that picks the best epoch) and, on validation images
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +25,8 @@ from training.augment import Sample
 from training.data import GridDataset
 from training.losses import Batch, Outputs
 from training.models import SaliencyNet
-from training.saliency_targets import (
+from training.saliency.options import TARGETS, TargetKind
+from training.saliency.targets import (
     DEFAULT_GAZE_SIGMA,
     Fixation,
     TargetError,
@@ -37,8 +38,6 @@ from triage import metrics
 from triage import saliency_metrics as sm
 from triage.cascade.preprocess import normalise
 
-TargetKind = Literal["heatmap", "lesion", "gaze"]
-TARGETS: tuple[TargetKind, ...] = ("heatmap", "lesion", "gaze")
 MAP_SIDE = 64  # validation maps are compared at most at this side (enough for KL/CC/SIM, cheap)
 
 
