@@ -5,7 +5,7 @@
 #   make lint    ruff check . and mypy (strict on triage/ and on the packages' command modules)
 #   make bench   benchmarks/bench_synth.py
 #   make bench-cascade  end-to-end cascade benchmark (docs/speed.md; ~8 min on 2 quiet cores)
-#   make lock    regenerate constraints.txt (full lock of .[training,serving,dev], Python 3.11)
+#   make lock    regenerate constraints.txt (full lock of .[training,serving,scale,dev], Python 3.11)
 #   make clean   remove .venv and demo-out
 #
 # Installs are pip with the lock as constraints, and remembered by a stamp file per extras set,
@@ -24,7 +24,7 @@ CONSTRAINTS := constraints.txt
 
 # Extras that `make test` and `make lint` install (comma-separated, as pip writes them).
 # training (torch, timm, smp) is needed by tests/training; tests/triage runs with it blocked.
-TEST_EXTRAS := dev,serving,training
+TEST_EXTRAS := dev,serving,training,scale
 # `make bench` needs only the runtime (no extras); `make demo` trains its models (the training extra).
 RUNTIME_EXTRAS :=
 DEMO_EXTRAS := training
@@ -100,12 +100,13 @@ lint: $(TEST_STAMP)
 
 # Two pytest runs: the runtime suite (tests/triage) with torch, torchvision, timm, smp and fastai
 # blocked from import (TRIAGE_BLOCK_TORCH=1, tests/conftest.py), proving triage/ runs without them;
-# then everything else. pytest exits 5 when it collected no tests: that is a failure here, with a
+# then everything else (--dist loadgroup: the tests of one xdist_group, such as tests/scale's two-node Ray
+# cluster, share one worker). pytest exits 5 when it collected no tests: that is a failure here, with a
 # message saying so.
 test: $(TEST_STAMP) dcmtk lint
 	@rc=0; TRIAGE_BLOCK_TORCH=1 $(BIN)/pytest -n auto tests/triage || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "ERROR: pytest collected no runtime tests (exit 5)" >&2; fi; \
-	rc2=0; $(BIN)/pytest -n auto tests --ignore=tests/triage || rc2=$$?; \
+	rc2=0; $(BIN)/pytest -n auto --dist loadgroup tests --ignore=tests/triage || rc2=$$?; \
 	if [ $$rc2 -eq 5 ]; then echo "ERROR: pytest collected no tests outside tests/triage (exit 5)" >&2; fi; \
 	exit $$(( rc != 0 ? rc : rc2 ))
 

@@ -19,7 +19,7 @@ Card (format ``triage-bundle/1``)::
              "normalization": {"kind": "meanstd", "mean": [0.5], "std": [0.25]} | {"kind": "minmax"},
              "outputs": {"logit": "logit", "cam": "cam"}}      # classifier
              "outputs": {"probability": "probability"}         # segmenter
-             "outputs": {"map": "saliency", "logit": "logit"}  # saliency model (logit optional)
+             "outputs": {"map": "map", "logit": "logit"}       # saliency model (logit optional)
              # optional, written by `triage export`:
              "precision": "fp32",                              # the name of this (base) variant
              "requires": {...}, "parity": {...},               # what it needs to run; export parity figures

@@ -75,7 +75,7 @@ def test_help_groups_every_command_in_its_panel_in_order() -> None:
     assert set(panels["Data"]) == {"synth", "contact-sheet", "folds"}
     assert set(panels["Train"]) == {"train", "experiment", "shortcut-experiment"}
     assert set(panels["Export"]) == {"export", "export-saliency"}
-    assert set(panels["Predict"]) == {"predict", "evaluate"}
+    assert set(panels["Predict"]) == {"predict", "merge", "evaluate"}
     assert set(panels["Services"]) == {"watch", "listen", "jobs"}
 
 

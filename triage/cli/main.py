@@ -19,6 +19,7 @@ from triage.outputs.formats import PREDICT_DEFAULT, format_option
 
 Compression = Literal["none", "rle", "j2k"]
 Variant = Literal["auto", "fp32", "int8", "tensorrt-fp16", "tensorrt-int8"]
+Engine = Literal["local", "ray"]
 
 app = typer.Typer(
     name="triage",
@@ -156,9 +157,32 @@ def contact_sheet_cmd(
 
 @app.command(rich_help_panel="Predict")
 def predict(
-    paths: Annotated[list[str], typer.Argument(help="DICOM files, folders (recursive) or globs.")],
     model: Annotated[Path, typer.Option("--model", "-m", help="Model bundle folder (card.json + models).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    paths: Annotated[
+        list[str] | None, typer.Argument(help="DICOM files, folders (recursive) or globs.")
+    ] = None,
+    files_from: Annotated[
+        str | None,
+        typer.Option(help="Manifest of inputs: a text file (one per line), .csv or .parquet; - for stdin."),
+    ] = None,
+    column: Annotated[
+        str | None, typer.Option(help="The manifest's column of paths (default: 'path', or its only one).")
+    ] = None,
+    shard: Annotated[
+        str | None, typer.Option(help="Run only shard K/N (K = 0..N-1) of the inputs, split by file path.")
+    ] = None,
+    engine: Annotated[
+        Engine, typer.Option(help="ray: a Ray cluster's actor pool (the scale extra).")
+    ] = "local",
+    address: Annotated[
+        str | None, typer.Option(help="--engine ray: the cluster (HOST:PORT, ray://HOST:10001, auto, local).")
+    ] = None,
+    actors: Annotated[
+        int, typer.Option(min=0, help="--engine ray: actor pool size; 0 = as many as fit.")
+    ] = 0,
+    cpus_per_actor: Annotated[float, typer.Option(help="--engine ray: CPUs per actor.")] = 1.0,
+    gpus_per_actor: Annotated[float, typer.Option(help="--engine ray: GPUs per actor (CUDA).")] = 0.0,
     tta: Annotated[bool, typer.Option(help="Test-time augmentation as the bundle's card lists.")] = True,
     saliency: Annotated[bool, typer.Option(help="Saliency (CAM, and the saliency model if any).")] = True,
     output_format: Annotated[
@@ -183,7 +207,7 @@ def predict(
     Gate, segment, threshold, saliency; writes results.jsonl, worklist.csv and the DICOM outputs.
     """
     from triage.cascade.predict import PredictOptions
-    from triage.cli.predict_cmd import run_predict
+    from triage.cli.predict_cmd import BatchSource, run_predict
     from triage.io.dicom import ReadPolicy
     from triage.outputs.formats import parse_formats
 
@@ -201,9 +225,27 @@ def predict(
             variant=variant,
             resume=resume,
         )
+        source = BatchSource.parse(
+            paths or [], files_from, column, shard, engine, address, actors, cpus_per_actor, gpus_per_actor
+        )
     except ValueError as exc:
         fail("predict", str(exc))
-    raise typer.Exit(run_predict(paths, model, out, options))
+    raise typer.Exit(run_predict(source, model, out, options))
+
+
+@app.command(rich_help_panel="Predict")
+def merge(
+    parts: Annotated[list[Path], typer.Argument(help="The --out folders of the shard jobs.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the merged results.")],
+) -> None:
+    """Join the outputs of shard jobs into one batch.
+
+    The --out folders of `triage predict --shard K/N` become one results.jsonl (every input once) and one
+    worklist.csv; a missing, repeated or unfinished shard is named.
+    """
+    from triage.cli.predict_cmd import run_merge
+
+    raise typer.Exit(run_merge(parts, out))
 
 
 @app.command(rich_help_panel="Predict")

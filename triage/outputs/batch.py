@@ -188,11 +188,15 @@ def _row(rank: int, study: _Study) -> list[str]:
     ok = study.ok
     priorities = [r.priority for r in study.records if r.priority is not None]
     areas = [r.mask_area_mm2 for r in study.decided if r.mask_area_mm2 is not None]
-    try:
-        outputs = f"studies/{validated_uid(study.uid, 'StudyInstanceUID')}"
-    except TriageError:
-        logger.warning("worklist: study with an invalid StudyInstanceUID has no output folder")
-        outputs = ""
+    written = [path for r in study.records for path in r.outputs.values()]
+    if written:  # the folder its outputs went to (a merged batch keeps them in the shard's folder)
+        outputs = os.path.dirname(written[0])
+    else:
+        try:
+            outputs = f"studies/{validated_uid(study.uid, 'StudyInstanceUID')}"
+        except TriageError:
+            logger.warning("worklist: study with an invalid StudyInstanceUID has no output folder")
+            outputs = ""
     return [
         str(rank),
         _cell(study.uid),
