@@ -31,8 +31,7 @@ from export import parity
 from export.errors import ExportError
 from export.images import ImageSet
 from export.onnx_export import INPUT_NAME, OPSET, export_onnx, export_wrapper, graph_io, ort_optimize
-from export.quantize import SETTINGS as INT8_SETTINGS
-from export.quantize import quantize, time_model
+from export.quantize import LADDER, quantize, time_model
 from export.runs import Run
 from training.torch_backend import TorchModel
 from triage.backends import Model
@@ -215,21 +214,40 @@ def add_int8(
 ) -> Bundle:
     """INT8 variants of ``roles``: quantised on ``calib``, parity-checked on ``images``, timed here; the
     variant becomes the model's CPU default per ``opts.int8_default``."""
-    for role in roles:
-        entry = card["models"][role]
-        opts.on_step(f"INT8 quantisation of the {role} ({len(calib.items)} calibration images)")
-        file = entry["file"].replace(".onnx", ".int8.onnx")
-        quantize(root / entry["file"], root / file, INPUT_NAME, calib.batches(role), role)
-        entry.setdefault("variants", {})["int8"] = {
-            "file": file,
-            "runtime": "onnx",
-            "precision": "int8",
-            "quantization": INT8_SETTINGS,
-            "requires": {**onnx_requires(root / file), "devices": ["cpu"]},
-        }
-    bundle = write_card(root, card)
-    opts.on_step("parity check of the INT8 variants")
-    judged = check_parity(bundle, reference, "int8", images, roles, opts.threads)
+    judged: dict[str, dict[str, Any]] = {}
+    failures: dict[str, list[str]] = {}
+    for step, recipe in enumerate(LADDER):  # recipes in turn until every model's INT8 graph passes
+        todo = tuple(role for role in roles if role not in judged)
+        if not todo:
+            break
+        for role in todo:
+            entry = card["models"][role]
+            opts.on_step(
+                f"INT8 quantisation of the {role} ({len(calib.items)} calibration images, "
+                f"{recipe.calibration}, float nodes: {recipe.keep_float})"
+            )
+            file = entry["file"].replace(".onnx", ".int8.onnx")
+            settings = quantize(
+                root / entry["file"], root / file, INPUT_NAME, calib.batches(role), role, recipe
+            )
+            entry.setdefault("variants", {})["int8"] = {
+                "file": file,
+                "runtime": "onnx",
+                "precision": "int8",
+                "quantization": {**settings, "ladder_step": step + 1},
+                "requires": {**onnx_requires(root / file), "devices": ["cpu"]},
+            }
+        bundle = write_card(root, card)
+        opts.on_step("parity check of the INT8 variants")
+        for role in todo:
+            try:
+                judged.update(check_parity(bundle, reference, "int8", images, (role,), opts.threads))
+            except ExportError as exc:
+                failures.setdefault(role, []).append(f"{recipe.calibration}/{recipe.keep_float}: {exc}")
+    missing = [role for role in roles if role not in judged]
+    if missing:
+        tried = " | ".join(f for role in missing for f in failures[role])
+        raise ExportError(f"no INT8 recipe passed the parity check for {', '.join(missing)}: {tried}")
     threads = opts.threads or usable_cores()
     for role, figs in judged.items():
         entry = card["models"][role]

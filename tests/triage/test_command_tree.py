@@ -93,7 +93,7 @@ def test_choices_and_ranges_show_in_help() -> None:
     assert "auto|cpu|cuda" in predict and "auto|fp32|int8|tensorrt-fp16|tensorrt-int8" in predict
     assert "x>=1" in predict  # --batch-size
     train = _triage("train", "classifier", "--help", columns=200).stdout
-    assert "seed|small|tiny" in train and "hirescam|gradcam" in train
+    assert "seed|cpu|small|tiny" in train and "hirescam|gradcam" in train
     watch = _triage("watch", "--help", columns=200).stdout
     assert "keep|move|delete" in watch and "debug|info|warning|error" in watch and "0<=x<=65535" in watch
 

@@ -69,8 +69,16 @@ def main(
 
 @app.command(hidden=True)
 def version() -> None:
-    """Print the version (also: triage --version)."""
+    """Print the version (also: triage --version) and ONNX Runtime's execution providers: available (in
+    the installed wheel) and active (a session starts them here: CUDA needs the driver, CUDA 13, cuDNN 9)."""
+    import onnxruntime as ort
+
+    from triage.backends.onnx import active_providers
+
     typer.echo(__version__)
+    typer.echo(f"onnxruntime {ort.__version__}")
+    typer.echo(f"providers available: {', '.join(ort.get_available_providers())}")
+    typer.echo(f"providers active: {', '.join(active_providers())}")
 
 
 @app.command(rich_help_panel="Data")
@@ -272,8 +280,11 @@ def merge(
 def evaluate(
     model: Annotated[
         list[Path],
-        typer.Option("--model", "-m", help="A bundle, or training runs: a classifier run and/or a "
-                                           "segmenter/baseline run."),
+        typer.Option(
+            "--model",
+            "-m",
+            help="A bundle, or training runs: a classifier run and/or a segmenter/baseline run.",
+        ),
     ],
     data: Annotated[Path, typer.Option(help="Labelled data: SIIM-ACR layout or folder format.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Report folder (report.md, report.json, PNGs).")],
@@ -300,8 +311,10 @@ def evaluate(
     ] = False,
     corruptions: Annotated[
         bool,
-        typer.Option(help="Add the corruption-robustness section: 5 corruptions x 5 severities, delta AUC "
-                          "and delta Dice (docs/saliency.md)."),
+        typer.Option(
+            help="Add the corruption-robustness section: 5 corruptions x 5 severities, delta AUC "
+            "and delta Dice (docs/saliency.md)."
+        ),
     ] = False,
 ) -> None:
     """Measure a bundle or training runs on labelled data.
