@@ -6,14 +6,17 @@
 #   GPU (default): docker build -t triage:gpu .
 #   CPU:           docker build --build-arg VARIANT=cpu -t triage:cpu .
 #
-# Versions: every Python package gets the exact version constraints.txt pins (pip -c). The GPU variant
-# replaces onnxruntime by onnxruntime-gpu at the same version (tools/image_requirements.py); TensorRT
-# engines only load in the TensorRT that built them, so pin TENSORRT to the bundle's export version,
-# e.g. --build-arg TENSORRT=tensorrt==10.3.0. Python is 3.11, the version constraints.txt is locked for.
+# Versions: every Python package gets the exact version constraints.txt pins (pip -c), the GPU variant's
+# also those of constraints-gpu.txt. The GPU variant replaces onnxruntime by onnxruntime-gpu[cuda,cudnn]
+# at the same version (tools/image_requirements.py): onnxruntime-gpu 1.31 is built for CUDA 13 and
+# cuDNN 9, and its `cuda`/`cudnn` extras (+ nvidia-cublas) bring exactly those libraries as wheels, so
+# both variants start from plain Ubuntu and the GPU one needs only the host's NVIDIA driver (>= 580, the
+# CUDA 13 driver; the NVIDIA container toolkit mounts it with `docker run --gpus all`). TensorRT does not
+# install from PyPI (docs/export.md): --build-arg TENSORRT=<requirement> adds one your own package index
+# serves, pinned to the bundle's engines. Python is 3.11, the version the locks are made for.
 
 ARG VARIANT=gpu
-# CUDA 12 runtime with cuDNN 9: what onnxruntime-gpu 1.19+ and TensorRT 10 wheels need.
-ARG CUDA_BASE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu22.04
+ARG CUDA_BASE=ubuntu:22.04
 ARG CPU_BASE=ubuntu:22.04
 
 FROM ${CUDA_BASE} AS base-gpu
@@ -26,7 +29,9 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
 
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3.11 python3.11-venv ca-certificates \
@@ -36,11 +41,11 @@ ENV PATH=/opt/triage/bin:$PATH
 
 WORKDIR /src
 # Dependencies first (a layer that survives code changes), from pyproject.toml with the lock.
-COPY pyproject.toml constraints.txt README.md ./
+COPY pyproject.toml constraints.txt constraints-gpu.txt README.md ./
 COPY tools/image_requirements.py tools/
 RUN python tools/image_requirements.py --variant "${VARIANT}" --extras serving --tensorrt "${TENSORRT}" \
         > /tmp/requirements.txt \
- && pip install -c constraints.txt -r /tmp/requirements.txt \
+ && pip install -c constraints.txt -c constraints-gpu.txt -r /tmp/requirements.txt \
  && rm /tmp/requirements.txt
 COPY triage triage
 COPY serving serving

@@ -5,7 +5,7 @@
 #   make lint    ruff check . and mypy (strict on triage/ and on the packages' command modules)
 #   make bench   benchmarks/bench_synth.py
 #   make bench-cascade  end-to-end cascade benchmark (docs/speed.md; ~8 min on 2 quiet cores)
-#   make lock    regenerate constraints.txt (full lock of .[training,serving,dev], Python 3.11)
+#   make lock    regenerate constraints.txt (full lock of .[training,serving,dicomweb,scale,dev], Python 3.11)
 #   make clean   remove .venv and demo-out
 #
 # Installs are pip with the lock as constraints, and remembered by a stamp file per extras set,
@@ -24,7 +24,7 @@ CONSTRAINTS := constraints.txt
 
 # Extras that `make test` and `make lint` install (comma-separated, as pip writes them).
 # training (torch, timm, smp) is needed by tests/training; tests/triage runs with it blocked.
-TEST_EXTRAS := dev,serving,training
+TEST_EXTRAS := dev,serving,dicomweb,training,scale
 # `make bench` needs only the runtime (no extras); `make demo` trains its models (the training extra).
 RUNTIME_EXTRAS :=
 DEMO_EXTRAS := training
@@ -61,7 +61,8 @@ $(VENV)/.installed-: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 
 # dcmtk (dcmdump, storescu, echoscu, dcmcjpeg, ...), dicom3tools (dciodvfy), openjph-tools (ojph_compress:
 # an independent HTJ2K encoder) and orthanc (the PACS of the service tests) are used by the DICOM
-# interoperability tests. apt-get must not start the orthanc system service: if no policy-rc.d forbids it
+# interoperability tests; orthanc-dicomweb (its DICOMweb plugin: STOW-RS / QIDO-RS / WADO-RS) is used by the
+# DICOMweb tests. apt-get must not start the orthanc system service: if no policy-rc.d forbids it
 # (Docker's Debian images ship one), one is put in place for the install and removed again.
 dcmtk:
 	@pkgs=""; \
@@ -69,6 +70,7 @@ dcmtk:
 	command -v dciodvfy >/dev/null 2>&1 || pkgs="$$pkgs dicom3tools"; \
 	command -v ojph_compress >/dev/null 2>&1 || pkgs="$$pkgs openjph-tools"; \
 	command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ] || pkgs="$$pkgs orthanc"; \
+	[ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || pkgs="$$pkgs orthanc-dicomweb"; \
 	if [ -n "$$pkgs" ]; then \
 	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	        echo "installing Debian package(s)$$pkgs for the interoperability tests"; \
@@ -100,12 +102,13 @@ lint: $(TEST_STAMP)
 
 # Two pytest runs: the runtime suite (tests/triage) with torch, torchvision, timm, smp and fastai
 # blocked from import (TRIAGE_BLOCK_TORCH=1, tests/conftest.py), proving triage/ runs without them;
-# then everything else. pytest exits 5 when it collected no tests: that is a failure here, with a
+# then everything else (--dist loadgroup: the tests of one xdist_group, such as tests/scale's two-node Ray
+# cluster, share one worker). pytest exits 5 when it collected no tests: that is a failure here, with a
 # message saying so.
 test: $(TEST_STAMP) dcmtk lint
 	@rc=0; TRIAGE_BLOCK_TORCH=1 $(BIN)/pytest -n auto tests/triage || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "ERROR: pytest collected no runtime tests (exit 5)" >&2; fi; \
-	rc2=0; $(BIN)/pytest -n auto tests --ignore=tests/triage || rc2=$$?; \
+	rc2=0; $(BIN)/pytest -n auto --dist loadgroup tests --ignore=tests/triage || rc2=$$?; \
 	if [ $$rc2 -eq 5 ]; then echo "ERROR: pytest collected no tests outside tests/triage (exit 5)" >&2; fi; \
 	exit $$(( rc != 0 ? rc : rc2 ))
 

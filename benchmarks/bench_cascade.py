@@ -3,26 +3,35 @@
 Arms (each in its own process, so that peak RSS and CPU time are its own):
 
 * ``runtime``   this runtime end to end: files in → results.jsonl and outputs written (``Predictor``:
-  decode/preprocess threads, gated ONNX Runtime calls, writer threads, bounded queues);
-* ``reference`` the thesis's Algorithm 1 in PyTorch eager: both models on every image with TTA, masks of
-  classifier-negative images blanked afterwards; the same reading (``load_item``) and writing
-  (``finish_item``, ``ResultsWriter``), one batch after the other in a plain loop;
+  decode/preprocess threads, gated ONNX Runtime calls, writer threads, bounded queues), as shipped:
+  adaptive TTA when the bundle's card has a margin, reduced-resolution decode of compressed images;
+* ``reference`` the thesis's Algorithm 1 in PyTorch eager: both models on every image with full TTA,
+  masks of classifier-negative images blanked afterwards; the same reading at full resolution
+  (``load_item``) and writing (``finish_item``, ``ResultsWriter``), one batch after the other;
 * ``floor``     the model-only floor: the runtime's gated model calls (``infer_batch``: ONNX Runtime, TTA,
   CAM, segmenter on the gated images) on tensors decoded and prepared beforehand.
 
-The models are the seed architecture (timm resnext50_32x4d at 224 → logit + CAM; smp Unet resnet34 at
-256), random weights (speed does not depend on them), exported by ``triage export``. The gate threshold is
-set to the 78th percentile of the classifier's probabilities on the set, so ~22 % of images reach the
-segmenter; the triplet thresholds to quantiles of the segmenter's output so that gated images get a mask
-(and a SEG). Data: ``triage synth --size 2048 --positive-fraction 0.22`` (uncompressed, and JPEG 2000
-lossless with ``--compression j2k``).
+``--variants`` / ``--j2k-variants`` name the runtime's (and floor's) model variant, optionally with a mode
+that switches one speed change off: ``fp32+fulltta`` (no adaptive TTA), ``fp32+fulldecode`` (no
+reduced-resolution decode). Decision changes are counted per arm against the reference on the same
+inputs: the gate decision and the final one (positive = gated with a non-empty mask).
+
+Models: ``--trained DIR`` takes a trained bundle and its runs (``DIR/bundle``, ``DIR/runs/{classifier,
+segmenter}``; the reference wraps the runs' PyTorch networks), so that decision changes are real.
+Without it, the seed architecture (timm resnext50_32x4d at 224 → logit + CAM; smp Unet resnet34 at 256)
+with random weights, exported by ``triage export``, the gate threshold at the 78th percentile of the
+classifier's probabilities on the set (~22 % of images reach the segmenter): for speed only. Data:
+``triage synth --size 2048 --positive-fraction 0.22`` (uncompressed, and JPEG 2000 lossless).
 
 Latency per study = when its record was written − when its file started being read (for the floor: the
 end − the start of its batch). RSS: peak (VmHWM) of the arm's process; the runtime also runs a long pass
 over ``--long`` studies (the set cycled through hard links) and reports RSS after 100 and after ``--long``.
+``--repeat N`` runs every arm N times, alternating the order; the best is kept and the spread printed, with
+the load average before each run (the machine may be shared).
 
 Usage:  python benchmarks/bench_cascade.py [--studies 100] [--long 1000] [--json bench.json]
-        [--formats seg] [--compression none,j2k] [--work /tmp/triage-bench]
+        [--formats seg] [--compression none,j2k] [--variants fp32,fp32+fulltta,int8]
+        [--j2k-variants fp32,fp32+fulldecode] [--trained DIR] [--repeat 2] [--work /tmp/triage-bench]
 """
 
 from __future__ import annotations
@@ -114,6 +123,9 @@ def main() -> None:
     )
     parser.add_argument("--studies", type=int, default=100)
     parser.add_argument(
+        "--first", type=int, default=0, help="run the arms on the first N studies of the set only (0: all)"
+    )
+    parser.add_argument(
         "--long", type=int, default=1000, help="studies in the runtime's memory pass (0: skip)"
     )
     parser.add_argument("--compression", default="none,j2k")
@@ -127,6 +139,13 @@ def main() -> None:
     parser.add_argument("--j2k-variants", default="fp32", help="variants of the runtime on JPEG 2000 inputs")
     parser.add_argument("--repeat", type=int, default=1, help="runs per arm, alternating order; best kept")
     parser.add_argument("--work", type=Path, default=Path("/tmp/triage-bench"))
+    parser.add_argument(
+        "--trained",
+        type=Path,
+        default=None,
+        help="folder with bundle/ and runs/{classifier,segmenter}/ (tools/demo.sh's layout): a trained "
+        "bundle instead of the random-weight seed architecture, so that decision changes are real",
+    )
     parser.add_argument("--json", type=Path, default=None)
     # internal: one arm in a subprocess
     parser.add_argument("--arm", choices=sorted(ARMS), help=argparse.SUPPRESS)
@@ -149,7 +168,14 @@ def main() -> None:
         flush=True,
     )
     datasets = {c: make_data(args.work, args.studies, c) for c in args.compression.split(",")}
-    bundle = make_bundle(args.work, next(iter(datasets.values())))
+    if args.trained:  # a trained bundle and its runs (the reference wraps the runs' PyTorch networks)
+        bundle = args.work / "trained" / "bundle"
+        shutil.rmtree(bundle.parent, ignore_errors=True)
+        shutil.copytree(args.trained / "bundle", bundle)
+        for role in ("classifier", "segmenter"):
+            (bundle.parent / f"run-{role}").symlink_to((args.trained / "runs" / role).resolve())
+    else:
+        bundle = make_bundle(args.work, next(iter(datasets.values())))
     arms = args.arms.split(",")
     variants = args.variants.split(",")
     plan: list[tuple[str, str, str, list[str]]] = []  # (tag, arm, variant, files)
@@ -157,22 +183,23 @@ def main() -> None:
         for arm in arms:
             chosen = variants if comp == "none" else args.j2k_variants.split(",")
             for variant in chosen if arm != "reference" else ["torch"]:
-                if arm == "floor" and comp != next(iter(datasets)):
-                    continue  # decoded tensors: the same for every compression
+                if arm == "floor" and (comp != next(iter(datasets)) or variant.endswith("+fulldecode")):
+                    continue  # decoded tensors: the same for every compression and decode mode
                 suffix = "" if variant in ("fp32", "torch") else f"-{variant}"
                 tag = f"floor{suffix}" if arm == "floor" else f"{arm}-{comp}{suffix}"
-                plan.append((tag, arm, variant, study_files(data)))
+                plan.append((tag, arm, variant, study_files(data)[: args.first or None]))
     results: dict[str, dict[str, Any]] = {}
     raw: dict[str, Any] = {}
     runs: dict[str, list[dict[str, Any]]] = {}
     for rep in range(args.repeat):
         for tag, arm, variant, files in plan if rep % 2 == 0 else reversed(plan):
+            load = os.getloadavg()[0]
             result = run_arm(arm, files, bundle, args.work, tag, args, variant)
-            runs.setdefault(tag, []).append(summarise(result))
+            runs.setdefault(tag, []).append({**summarise(result), "load1_before": load})
             if tag not in raw or summarise(result)["studies_per_s"] > results[tag]["studies_per_s"]:
                 raw[tag], results[tag] = result, summarise(result)
     if args.long and "runtime" in arms:
-        files = study_files(datasets.get("none") or next(iter(datasets.values())))
+        files = study_files(datasets.get("none") or next(iter(datasets.values())))[: args.first or None]
         links = args.work / "long"
         shutil.rmtree(links, ignore_errors=True)
         links.mkdir()
@@ -197,6 +224,8 @@ def main() -> None:
         "all_runs": runs,
         "stages_ms": {k: v.get("stages_ms") for k, v in raw.items()},
         "rss_kb": {k: v["rss_kb"] for k, v in raw.items()},
+        "decision_changes": _decision_changes(raw, next(iter(datasets))),
+        "tta_counts": {k: v.get("tta_counts") for k, v in raw.items() if v.get("tta_counts")},
         "models": {k: v["models"] for k, v in raw.items()},
         "total": {
             "wall_s": time.perf_counter() - t_all,
@@ -211,22 +240,68 @@ def main() -> None:
         args.json.write_text(json.dumps(report, indent=2))
 
 
+def _decision_changes(raw: dict[str, Any], first: str) -> dict[str, dict[str, Any]]:
+    """Per arm: images whose gate decision / final (positive) decision differs from the reference's on
+    the same inputs (the reference: PyTorch eager, full TTA, full decode). The floor has no mask decision
+    (positive: None); the memory pass cycles the inputs and is left out."""
+    out = {}
+    for tag, r in raw.items():
+        if tag == "runtime-long" or tag.startswith("reference") or "decisions" not in r:
+            continue
+        comp = first if tag.startswith("floor") else tag.removeprefix("runtime-").partition("-")[0]
+        ref = raw.get(f"reference-{comp}", {}).get("decisions")
+        if not ref:
+            continue
+        mine = r["decisions"]
+        common = [k for k in ref if k in mine]
+        positive = [k for k in common if mine[k][1] is not None]
+        out[tag] = {
+            "images": len(common),
+            "gate": sum(ref[k][0] != mine[k][0] for k in common),
+            "positive": sum(ref[k][1] != mine[k][1] for k in positive) if positive else None,
+        }
+    return out
+
+
+GOALS = {"none": 5.0, "j2k": 3.0}  # × the reference end to end (issue 16)
+
+
 def print_report(report: dict[str, Any]) -> None:
-    res = report["results"]
-    head = ("arm", "studies/s", "p50 s", "p95 s", "peak RSS MB", "wall s", "CPU s", "gated")
-    print("\n" + f"{head[0]:<22}" + "".join(f"{h:>12}" for h in head[1:]))
+    res, changes = report["results"], report.get("decision_changes", {})
+    head = (
+        "arm",
+        "studies/s",
+        "spread",
+        "p50 s",
+        "p95 s",
+        "RSS MB",
+        "wall s",
+        "CPU s",
+        "gated",
+        "Δgate",
+        "Δpos",
+    )
+    print("\n" + f"{head[0]:<28}" + "".join(f"{h:>10}" for h in head[1:]))
     for tag, r in res.items():
+        rates = [x["studies_per_s"] for x in report["all_runs"].get(tag, [])]
+        ch = changes.get(tag, {})
         cells = (
             f"{r['studies_per_s']:.2f}",
+            f"{(max(rates) - min(rates)) / max(rates):.0%}" if len(rates) > 1 else "-",
             f"{r['p50_s']:.2f}",
             f"{r['p95_s']:.2f}",
             f"{r['peak_rss_mb']:.0f}",
             f"{r['wall_s']:.1f}",
             f"{r['cpu_s']:.1f}",
             f"{r['gated']}/{r['studies']}",
+            "-" if not ch else f"{ch['gate']}",
+            "-" if not ch or ch["positive"] is None else f"{ch['positive']}",
         )
-        print(f"{tag:<22}" + "".join(f"{c:>12}" for c in cells))
-    print()
+        print(f"{tag:<28}" + "".join(f"{c:>10}" for c in cells))
+    print(
+        "(studies/s: best of the repeats; spread: (best - worst) / best over them; Δgate / Δpos: images "
+        "whose gate / positive decision differs from the reference's on the same inputs)\n"
+    )
     for tag, rt in res.items():
         if not tag.startswith("runtime-") or tag == "runtime-long":
             continue
@@ -235,10 +310,13 @@ def print_report(report: dict[str, Any]) -> None:
         floor = res.get("floor" + (f"-{variant}" if variant else ""))
         line = f"{tag}:"
         if ref:
-            line += f" {rt['studies_per_s'] / ref['studies_per_s']:.2f}x the reference (goal >= 5x);"
+            line += f" {rt['studies_per_s'] / ref['studies_per_s']:.2f}x the reference"
+            line += f" (goal >= {GOALS[comp]:g}x);" if comp in GOALS else ";"
         if floor:
             line += f" {rt['studies_per_s'] / floor['studies_per_s']:.0%} of the model-only floor"
-            line += " (goal >= 80%)" if comp == "none" else " (no goal: decode-bound)"
+        counts = report.get("tta_counts", {}).get(tag)
+        if counts and counts["images"]:
+            line += f"; gate TTA on {counts['full_tta']}/{counts['images']} images"
         print(line)
     long = report["rss_kb"].get("runtime-long")
     if long:

@@ -160,6 +160,20 @@ def _stage_means(records: list[dict[str, Any]]) -> dict[str, float]:
     return {s: float(np.mean([r["timings_ms"].get(s, 0.0) for r in ok])) for s in STAGES} if ok else {}
 
 
+def _decisions(records: list[dict[str, Any]]) -> dict[str, list[bool | None]]:
+    """input → [gated, positive]: what decision changes are counted on (against the reference)."""
+    return {r["input"]: [bool(r.get("gated")), bool(r.get("positive"))] for r in records}
+
+
+def _mode(args: argparse.Namespace) -> tuple[str, str]:
+    """``--variant`` "VARIANT[+MODE]" → (model variant, mode): mode "fulltta" switches adaptive TTA off,
+    "fulldecode" reduced-resolution decoding; "" is the runtime as shipped."""
+    variant, _, mode = args.variant.partition("+")
+    if mode not in ("", "fulltta", "fulldecode"):
+        raise SystemExit(f"unknown arm mode {mode!r} in --variant {args.variant!r}")
+    return variant, mode
+
+
 def arm_runtime(args: argparse.Namespace) -> dict[str, Any]:
     import triage.cascade.predict as predict_mod
     from triage.bundle import load_bundle
@@ -173,6 +187,13 @@ def arm_runtime(args: argparse.Namespace) -> dict[str, Any]:
         started[path] = time.perf_counter()
         return real_load(path, *a, **k)
 
+    variant, mode = _mode(args)  # e.g. "fp32+fulltta", "fp32+fulldecode"
+    if mode == "fulldecode":  # the arm without reduced-resolution decoding
+
+        def timed_load(path: str, *a: Any, **k: Any) -> Any:
+            started[path] = time.perf_counter()
+            return real_load(path, *a, **{**k, "reduce": False})
+
     predict_mod.load_item = timed_load  # type: ignore[assignment]
     options = PredictOptions(
         formats=frozenset(args.formats.split(",")),
@@ -181,9 +202,11 @@ def arm_runtime(args: argparse.Namespace) -> dict[str, Any]:
         threads=args.threads or None,
         read_workers=args.read_workers or None,
         write_workers=args.write_workers or None,
-        variant=args.variant,
+        variant=variant,
     )
     predictor = Predictor(load_bundle(Path(args.bundle)), options)
+    if mode == "fulltta":  # the arm without adaptive TTA
+        predictor.models.adaptive = False
     latencies: list[float] = []
     rss: dict[str, int] = {}
 
@@ -208,6 +231,8 @@ def arm_runtime(args: argparse.Namespace) -> dict[str, Any]:
         "stages_ms": _stage_means(records),
         "gated": sum(bool(r.get("gated")) for r in records),
         "models": predictor.models.variants,
+        "decisions": _decisions(records),
+        "tta_counts": predictor.models.tta_counts,
     }
 
 
@@ -232,7 +257,7 @@ def arm_reference(args: argparse.Namespace) -> dict[str, Any]:
     for role in ("classifier", "segmenter"):
         run = load_run(work / f"run-{role}")
         wrapped[role] = TorchModel(*export_wrapper(run))
-    models = CascadeModels(bundle, "cpu", backends=wrapped)
+    models = CascadeModels(bundle, "cpu", backends=wrapped, adaptive=False)  # Algorithm 1: full TTA
     formats = frozenset(args.formats.split(","))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -278,6 +303,7 @@ def arm_reference(args: argparse.Namespace) -> dict[str, Any]:
         "stages_ms": _stage_means(records),
         "gated": sum(bool(r.get("gated")) for r in records),
         "models": {"both": "torch eager fp32"},
+        "decisions": _decisions(records),
     }
 
 
@@ -291,7 +317,8 @@ def arm_floor(args: argparse.Namespace) -> dict[str, Any]:
 
     files = json.loads(Path(args.files).read_text())
     bundle = load_bundle(Path(args.bundle))
-    models = CascadeModels(bundle, "cpu", args.threads or None, variant=args.variant)
+    variant, mode = _mode(args)
+    models = CascadeModels(bundle, "cpu", args.threads or None, variant=variant, adaptive=mode != "fulltta")
     items = []
     for f in files:  # decoded and prepared beforehand: only the model inputs are kept
         it = load_item(f, bundle, ReadPolicy())
@@ -315,6 +342,8 @@ def arm_floor(args: argparse.Namespace) -> dict[str, Any]:
         "rss_kb": {"peak": _status_kb("VmHWM")},
         "gated": sum(it.gated for it in items),
         "models": models.variants,
+        "decisions": {it.input: [bool(it.gated), None] for it in items},  # no mask decision here
+        "tta_counts": models.tta_counts,
     }
 
 

@@ -66,16 +66,16 @@ def run_export(runs: list[Path], opts: ExportOptions) -> int:
 
 
 def run_export_saliency(run: Path, bundle: Path) -> int:
-    from training.saliency.export import add_to_bundle
+    from export.saliency import add_to_bundle
     from triage.errors import TriageError
 
     try:
         entry = add_to_bundle(run, bundle)
-    except (ValueError, TriageError) as exc:
+    except (ExportError, TriageError) as exc:
         typer.echo(f"triage export-saliency: error: {exc}", err=True)
         return 2
     typer.echo(
         f"added {entry['file']} to {bundle} (torch/ONNX max abs diff "
-        f"{entry['provenance']['parity_max_abs_diff']:.2g}); bundle resealed"
+        f"{entry['parity']['max_abs_diff']['map']:.2g}); bundle resealed"
     )
     return 0

@@ -43,8 +43,10 @@ class ImageSet:
 
     @staticmethod
     def input(item: Item, role: str) -> np.ndarray:
-        prepared = item.seg_input if role == "segmenter" else item.gate_input
-        assert prepared is not None
+        """The item's input to the ``role`` model, prepared by the runtime for that model's contract."""
+        prepared = {"segmenter": item.seg_input, "saliency": item.sal_input}.get(role, item.gate_input)
+        if prepared is None:
+            raise ExportError(f"{item.input}: no {role} input was prepared (the bundle has no {role} model)")
         return prepared.x
 
 

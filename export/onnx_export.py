@@ -6,8 +6,13 @@ Graph outputs per role (the names go into the card's ``outputs``):
   (:class:`training.models.ClassifierForExport`; the spatial mean of ``cam`` is ``logit``);
 * segmenter: ``probability`` (N, 1, H, W) = sigmoid of the logits
   (:class:`~training.models.SegmenterForExport`);
-* saliency: ``map`` (N, 1, h, w), and ``logit`` (N, 1) when the saliency network's export wrapper returns
-  one (``training.models.SaliencyForExport``, provided by the saliency work).
+* saliency: ``map`` (N, 1, H, W) in [0, 1] and ``logit`` (N, 1)
+  (:func:`training.models.saliency_for_export`: the map activation the run card records, ``sigmoid``
+  after BCE/MSE training, the spatial softmax divided by its peak after KL training).
+
+The card's ``outputs`` map each meaning to the graph output of the same name; the batch axis is called
+``batch`` on every input and output. ``triage export`` and ``triage export-saliency`` both write graphs
+through :func:`export_onnx`.
 
 Optionally the graph is rewritten by ONNX Runtime's offline optimiser (``ORT_ENABLE_BASIC``: constant
 folding, redundant-node elimination; the result is plain ONNX that any runtime can read).
@@ -29,6 +34,8 @@ from export.runs import Run, dummy_input
 
 OPSET = 17
 INPUT_NAME = "image"
+BATCH_AXIS = "batch"
+SALIENCY_OUTPUTS = ("map", "logit")
 
 
 def export_wrapper(run: Run) -> tuple[nn.Module, tuple[str, ...]]:
@@ -48,23 +55,16 @@ def export_wrapper(run: Run) -> tuple[nn.Module, tuple[str, ...]]:
                 f"not a Segmenter (arch kind 'segmenter')"
             )
         return tm.SegmenterForExport(module).eval(), ("probability",)
-    wrapper_cls = getattr(tm, "SaliencyForExport", None)
-    if wrapper_cls is None:
+    if not isinstance(module, tm.SaliencyNet):
         raise ExportError(
-            f"saliency run {run.path}: this version of training/ has no SaliencyForExport "
-            f"wrapper, so the saliency network cannot be exported"
+            f"saliency run {run.path}: the network is a {type(module).__name__}, "
+            f"not a SaliencyNet (arch kind 'saliency')"
         )
-    wrapper = wrapper_cls(module).eval()
-    with torch.no_grad():
-        out = wrapper(dummy_input(run))
-    if isinstance(out, (tuple, list)):
-        if len(out) != 2:
-            raise ExportError(
-                f"saliency run {run.path}: the export wrapper returns {len(out)} outputs; "
-                f"valid: map, or (map, logit)"
-            )
-        return wrapper, ("map", "logit")
-    return wrapper, ("map",)
+    try:
+        wrapper = tm.saliency_for_export(module, run.card.provenance)
+    except ValueError as exc:
+        raise ExportError(f"saliency run {run.path}: {exc}") from exc
+    return wrapper, SALIENCY_OUTPUTS
 
 
 def export_onnx(run: Run, path: Path, *, opset: int = OPSET) -> tuple[str, ...]:
@@ -73,7 +73,7 @@ def export_onnx(run: Run, path: Path, *, opset: int = OPSET) -> tuple[str, ...]:
         raise ExportError(f"--opset {opset}: the runtime needs opset 17 or newer")
     module, names = export_wrapper(run)
     x = dummy_input(run)
-    axes = {INPUT_NAME: {0: "batch"}, **{name: {0: "batch"} for name in names}}
+    axes = {INPUT_NAME: {0: BATCH_AXIS}, **{name: {0: BATCH_AXIS} for name in names}}
     with warnings.catch_warnings():
         # torch ≥ 2.9 warns that the TorchScript-based exporter is legacy; the dynamo exporter needs
         # onnxscript, which the training extra does not install. The graphs are checked below.

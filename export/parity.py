@@ -8,7 +8,9 @@ threshold are exactly what ``triage predict`` does. Figures per model, on every 
   and the number of images whose gate decision (P ≥ gate) differs;
 * segmenter (run on every image, not only the gated ones, for coverage): max |Δ| of the probability map
   after TTA, the number of images whose triplet mask differs and the differing pixels;
-* saliency: max |Δ| of the displayed map.
+* saliency: max |Δ| of the displayed map (ReLU, /max, [0, 1]), on the saliency model's own input.
+
+``roles`` limits what is measured (``triage export-saliency`` measures only the saliency model).
 
 Tolerances per precision are :data:`TOLERANCES` (also written into the card). FP32 graphs must decide
 identically; reduced precisions (INT8, FP16) are held to max |Δ| only: they may flip a decision whose
@@ -25,8 +27,10 @@ import numpy as np
 from export.errors import ExportError
 from export.images import ImageSet
 from triage.bundle import Thresholds
-from triage.cascade.models import CascadeModels
+from triage.cascade.models import CascadeModels, normalised_cam
 from triage.cascade.postprocess import triplet_mask
+
+ROLES = ("classifier", "segmenter", "saliency")
 
 TOLERANCES: dict[str, dict[str, float | str]] = {
     # max |Δ| of probabilities / maps in [0, 1]; every gate decision and every triplet mask identical.
@@ -53,32 +57,30 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 
 @dataclass
 class _Outputs:
-    prob: np.ndarray
+    prob: np.ndarray | None
     cam: np.ndarray | None
-    seg: np.ndarray
+    seg: np.ndarray | None
     sal: np.ndarray | None
 
 
-def _run(models: CascadeModels, images: ImageSet, tta: bool, batch: int) -> _Outputs:
+def _run(models: CascadeModels, images: ImageSet, roles: tuple[str, ...], tta: bool, batch: int) -> _Outputs:
     probs, cams, segs, sals = [], [], [], []
     for start in range(0, len(images.items), batch):
         chunk = images.items[start : start + batch]
-        x = np.stack([ImageSet.input(it, "classifier") for it in chunk])
-        prob, cam = models.gate(x, tta)
-        probs.append(prob)
-        if cam is not None:
-            from triage.cascade.models import normalised_cam
+        if "classifier" in roles:
+            prob, cam = models.gate(np.stack([ImageSet.input(it, "classifier") for it in chunk]), tta)
+            probs.append(prob)
+            if cam is not None:
+                cams.append(normalised_cam(cam))
+        if "segmenter" in roles:
+            segs.append(models.segment(np.stack([ImageSet.input(it, "segmenter") for it in chunk]), tta))
+        if "saliency" in roles and models.saliency is not None:
+            sals.append(models.saliency_map(np.stack([ImageSet.input(it, "saliency") for it in chunk])))
 
-            cams.append(normalised_cam(cam))
-        segs.append(models.segment(np.stack([ImageSet.input(it, "segmenter") for it in chunk]), tta))
-        if models.saliency is not None:
-            sals.append(models.saliency_map(x))
-    return _Outputs(
-        np.concatenate(probs),
-        np.concatenate(cams) if cams else None,
-        np.concatenate(segs),
-        np.concatenate(sals) if sals else None,
-    )
+    def joined(parts: list[np.ndarray]) -> np.ndarray | None:
+        return np.concatenate(parts) if parts else None
+
+    return _Outputs(joined(probs), joined(cams), joined(segs), joined(sals))
 
 
 def measure(
@@ -87,33 +89,36 @@ def measure(
     images: ImageSet,
     thresholds: Thresholds,
     *,
+    roles: tuple[str, ...] = ROLES,
     tta: bool = True,
     batch: int = 8,
 ) -> dict[str, dict[str, Any]]:
-    """Parity figures per model role (see the module docstring); nothing is judged here."""
-    ref, got = _run(reference, images, tta, batch), _run(candidate, images, tta, batch)
+    """Parity figures per model role in ``roles`` (see the module docstring); nothing is judged here."""
+    ref, got = _run(reference, images, roles, tta, batch), _run(candidate, images, roles, tta, batch)
     n = len(images.items)
-    gate_ref, gate_got = ref.prob >= thresholds.gate, got.prob >= thresholds.gate
-    cls: dict[str, Any] = {
-        "images": n,
-        "max_abs_diff": {"probability": float(np.abs(ref.prob - got.prob).max())},
-        "gate_mismatches": int((gate_ref != gate_got).sum()),
-        "gate_agreement": float((gate_ref == gate_got).mean()),
-    }
-    if ref.cam is not None and got.cam is not None:
-        cls["max_abs_diff"]["cam"] = float(np.abs(ref.cam - got.cam).max())
-    masks_ref = [triplet_mask(p, thresholds) for p in ref.seg]
-    masks_got = [triplet_mask(p, thresholds) for p in got.seg]
-    differ = [int((a != b).sum()) for a, b in zip(masks_ref, masks_got, strict=True)]
-    seg: dict[str, Any] = {
-        "images": n,
-        "max_abs_diff": {"probability": float(np.abs(ref.seg - got.seg).max())},
-        "mask_mismatches": int(sum(d > 0 for d in differ)),
-        "mask_pixels_differing": int(sum(differ)),
-        "non_empty_masks": int(sum(bool(m.any()) for m in masks_ref)),
-        "mask_dice": float(np.mean([_dice(a, b) for a, b in zip(masks_ref, masks_got, strict=True)])),
-    }
-    out = {"classifier": cls, "segmenter": seg}
+    out: dict[str, dict[str, Any]] = {}
+    if ref.prob is not None and got.prob is not None:
+        gate_ref, gate_got = ref.prob >= thresholds.gate, got.prob >= thresholds.gate
+        out["classifier"] = {
+            "images": n,
+            "max_abs_diff": {"probability": float(np.abs(ref.prob - got.prob).max())},
+            "gate_mismatches": int((gate_ref != gate_got).sum()),
+            "gate_agreement": float((gate_ref == gate_got).mean()),
+        }
+        if ref.cam is not None and got.cam is not None:
+            out["classifier"]["max_abs_diff"]["cam"] = float(np.abs(ref.cam - got.cam).max())
+    if ref.seg is not None and got.seg is not None:
+        masks_ref = [triplet_mask(p, thresholds) for p in ref.seg]
+        masks_got = [triplet_mask(p, thresholds) for p in got.seg]
+        differ = [int((a != b).sum()) for a, b in zip(masks_ref, masks_got, strict=True)]
+        out["segmenter"] = {
+            "images": n,
+            "max_abs_diff": {"probability": float(np.abs(ref.seg - got.seg).max())},
+            "mask_mismatches": int(sum(d > 0 for d in differ)),
+            "mask_pixels_differing": int(sum(differ)),
+            "non_empty_masks": int(sum(bool(m.any()) for m in masks_ref)),
+            "mask_dice": float(np.mean([_dice(a, b) for a, b in zip(masks_ref, masks_got, strict=True)])),
+        }
     if ref.sal is not None and got.sal is not None:
         out["saliency"] = {"images": n, "max_abs_diff": {"map": float(np.abs(ref.sal - got.sal).max())}}
     return out

@@ -48,13 +48,16 @@ def _first_conv_channels(module: nn.Module) -> int | None:
     return None
 
 
-def load_run(path: Path) -> Run:
-    """Read ``path``/model.json, rebuild the network, load its checkpoint; ExportError naming the fault."""
+def load_run(path: Path, role: str | None = None) -> Run:
+    """Read ``path``/model.json, rebuild the network, load its checkpoint; ExportError naming the fault
+    (also when ``role`` is given and the run is not of that bundle role)."""
     path = Path(path)
     try:
         card = read_run_card(path)
     except ValueError as exc:
         raise ExportError(str(exc)) from exc
+    if role is not None and BUNDLE_ROLE.get(card.role) != role:
+        raise ExportError(f"{path} is a {card.role} run, not a {role} run (triage train {role})")
     what = f"{card.role} run {path}"
     ckpt = path / card.checkpoint
     if not ckpt.is_file():

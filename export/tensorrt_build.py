@@ -8,9 +8,9 @@
   profile.
 
 TensorRT 11 removed the precision flags and the calibrators (strong typing, explicit Q/DQ quantisation):
-it is refused with a one-line message; the gpu extra pins ``tensorrt>=10,<11``. Engines are specific to
-the GPU model and the TensorRT version: the card records both (:func:`engine_requires`), and the runtime
-refuses another TensorRT version.
+it is refused with a one-line message. TensorRT 10 does not install from PyPI (docs/export.md).
+Engines are specific to the GPU model and the TensorRT version: the card records both
+(:func:`engine_requires`), and the runtime refuses another TensorRT version.
 
 Not verified on this project's machines, which have no GPU (tests marked ``gpu`` skip there).
 """

@@ -1,5 +1,7 @@
 """On-positive actions: a shell command (``--on-positive CMD``) or a webhook (``--webhook URL``), run once
-per positive study with the study's result record (JSON) on stdin / as the POST body.
+per positive study with the study's result record (JSON) on stdin / as the POST body; or a built-in
+notification: HL7 v2 ORU^R01 over MLLP (``--on-positive-hl7``, serving/notify_hl7.py) or a FHIR R4
+DiagnosticReport + Observation (``--on-positive-fhir``, serving/notify_fhir.py).
 
 The worker records the action in the transaction that finishes the study; the store keeps at most one
 per (study, kind, target), so a later version of the same study does not notify again, and a restart
@@ -22,6 +24,7 @@ import urllib.request
 
 from serving.config import ServiceConfig
 from serving.loop import Loop
+from serving.notify_common import finding
 from serving.policy import backoff
 from serving.store import JobStore
 
@@ -56,6 +59,10 @@ class ActionRunner(Loop):
         try:
             if row["kind"] == "command":
                 error, permanent = self._command(row)
+            elif row["kind"] == "hl7":
+                error, permanent = self._hl7(row)
+            elif row["kind"] == "fhir":
+                error, permanent = self._fhir(row)
             else:
                 error, permanent = self._webhook(row)
         except Exception as exc:
@@ -125,3 +132,19 @@ class ActionRunner(Loop):
         except (urllib.error.URLError, OSError) as exc:
             return f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}", False
         return None, False
+
+    def _hl7(self, row: sqlite3.Row) -> tuple[str | None, bool]:
+        from serving.notify_hl7 import build_oru, send_mllp
+
+        found = finding(int(row["id"]), str(row["payload"]), self.config.out)
+        return send_mllp(str(row["target"]), build_oru(found))
+
+    def _fhir(self, row: sqlite3.Row) -> tuple[str | None, bool]:
+        from serving.notify_fhir import build_bundle, post_bundle
+
+        found = finding(int(row["id"]), str(row["payload"]), self.config.out)
+        try:
+            bundle = build_bundle(found)
+        except ValueError as exc:  # pydantic's ValidationError: its text may quote the PatientID, so not kept
+            return f"FHIR: the resources fail validation ({type(exc).__name__})", True
+        return post_bundle(str(row["target"]), bundle, self.config.fhir_auth, f"triage-action-{row['id']}")

@@ -1,5 +1,5 @@
-"""The commands of the ``serving`` package: `triage watch`, `triage listen` and `triage jobs`, registered
-with ``triage`` through the ``triage.commands`` entry-point group (pyproject.toml).
+"""The commands of the ``serving`` package: `triage watch`, `triage listen`, `triage poll` and `triage jobs`,
+registered with ``triage`` through the ``triage.commands`` entry-point group (pyproject.toml).
 
 The options the two services share are declared once (:class:`ServiceOptions`). This module imports no
 watchdog, pynetdicom or prometheus-client (the services import them when they start), so ``triage --help``
@@ -101,8 +101,42 @@ class ServiceOptions:
         str | None, typer.Option(help="URL to POST the result record (JSON) of each positive study to.")
     ] = None
     action_attempts: Annotated[
-        int, typer.Option(min=1, help="Attempts per on-positive command / webhook.")
+        int, typer.Option(min=1, help="Attempts per on-positive command / webhook / HL7 / FHIR message.")
     ] = 10
+    forward_stow: Annotated[
+        str | None,
+        typer.Option(help="STOW-RS results to this DICOMweb base URL (e.g. http://pacs:8042/dicom-web)."),
+    ] = None
+    stow_auth_file: Annotated[
+        Path | None,
+        typer.Option(envvar="TRIAGE_STOW_AUTH_FILE", help="File: 'Bearer TOKEN' or 'Basic USER:PASSWORD'."),
+    ] = None
+    stow_auth_env: Annotated[
+        str | None, typer.Option(help="Name of an environment variable holding the STOW-RS credentials.")
+    ] = None
+    on_positive_hl7: Annotated[
+        str | None, typer.Option(help="HL7 v2 ORU^R01 over MLLP per positive study to HOST:PORT.")
+    ] = None
+    on_positive_fhir: Annotated[
+        str | None, typer.Option(help="FHIR R4 DiagnosticReport + Observation per positive study: base URL.")
+    ] = None
+    fhir_auth_file: Annotated[
+        Path | None,
+        typer.Option(envvar="TRIAGE_FHIR_AUTH_FILE", help="File with the FHIR server's credentials."),
+    ] = None
+    fhir_auth_env: Annotated[
+        str | None, typer.Option(help="Name of an environment variable holding the FHIR credentials.")
+    ] = None
+    tls_cert: Annotated[
+        Path | None, typer.Option(envvar="TRIAGE_TLS_CERT", help="DICOM TLS: our certificate (PEM).")
+    ] = None
+    tls_key: Annotated[
+        Path | None, typer.Option(envvar="TRIAGE_TLS_KEY", help="DICOM TLS: our private key (PEM).")
+    ] = None
+    tls_ca: Annotated[
+        Path | None,
+        typer.Option(envvar="TRIAGE_TLS_CA", help="DICOM TLS: the CA that peers' certificates chain to."),
+    ] = None
     worklist_hours: Annotated[
         float, typer.Option(help="worklist.csv lists studies finished in this many hours.")
     ] = 72.0
@@ -111,11 +145,15 @@ class ServiceOptions:
 
     def service_config(self, command: str, inputs: InputPolicy, once: bool = False) -> ServiceConfig:
         """The validated :class:`ServiceConfig`; a bad value exits 2 with one line naming it."""
-        from serving.config import Destination, ServiceConfig
+        from serving.config import Destination, ServiceConfig, TlsSettings
+        from triage.io.dicomweb import AuthSource
 
         values = asdict(self)
         for key in ("model", "formats", "forward_kinds", "forward", "log_level", "log_file"):
             values.pop(key)
+        for key in ("stow", "fhir"):
+            values[f"{key}_auth"] = AuthSource(values.pop(f"{key}_auth_file"), values.pop(f"{key}_auth_env"))
+        values["tls"] = TlsSettings(values.pop("tls_cert"), values.pop("tls_key"), values.pop("tls_ca"))
         for key in ("threads", "read_workers", "write_workers"):
             values[key] = values[key] or None  # 0 = automatic
         try:
@@ -237,6 +275,71 @@ def listen(
     raise typer.Exit(_run("listen", service, make_source, (service.out / "spool",), options))
 
 
+@dataclass(frozen=True)
+class PollOptions:
+    """`triage poll`'s own options: where and how often to ask, which studies, the credentials."""
+
+    poll_interval: Annotated[float, typer.Option(min=0.1, help="Seconds between two polls.")] = 30.0
+    since: Annotated[
+        str | None,
+        typer.Option(help="Studies from this StudyDate (YYYY-MM-DD) on; default: today - lookback."),
+    ] = None
+    lookback_days: Annotated[int, typer.Option(min=0, help="Without --since: the last N days.")] = 1
+    modality: Annotated[str, typer.Option(help="Modalities in study to ask for (comma-separated).")] = "CR,DX"
+    auth_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="TRIAGE_DICOMWEB_AUTH_FILE", help="File with 'Bearer TOKEN' or 'Basic USER:PASSWORD'."
+        ),
+    ] = None
+    auth_env: Annotated[
+        str | None, typer.Option(help="Name of an environment variable holding the DICOMweb credentials.")
+    ] = None
+
+
+@app.command(rich_help_panel=PANEL)
+@option_sets
+def poll(
+    url: Annotated[str, typer.Argument(help="DICOMweb base URL to poll (QIDO-RS / WADO-RS).")],
+    options: ServiceOptions,
+    polling: PollOptions,
+    inputs: Annotated[
+        Literal["keep", "delete"],
+        typer.Option(help="After a study is done, its retrieved images are kept (in OUT/spool) or deleted."),
+    ] = "delete",
+    once: Annotated[bool, typer.Option(help="Exit once everything found has been processed.")] = False,
+) -> None:
+    """DICOMweb poller: triage the new studies of a server.
+
+    Asks (QIDO-RS) for new CR/DX studies every --poll-interval, retrieves (WADO-RS) the images not taken in
+    yet, and triages each study once, as `triage listen` does with the studies sent to it.
+    """
+    from datetime import date
+
+    from serving.poll import PollConfig
+    from triage.io.dicomweb import AuthSource
+
+    service = options.service_config("poll", inputs, once)
+    try:
+        start = date.fromisoformat(polling.since) if polling.since else None
+    except ValueError:
+        _fail("poll", f"--since {polling.since!r} must be a date YYYY-MM-DD")
+    modalities = tuple(m.strip().upper() for m in polling.modality.split(",") if m.strip())
+    auth = AuthSource(polling.auth_file, polling.auth_env)
+    config = PollConfig(url, polling.poll_interval, start, polling.lookback_days, modalities, auth)
+    try:
+        config.check(service)
+    except ConfigError as exc:
+        _fail("poll", str(exc))
+
+    def make_source(store: object, metrics: object) -> object:
+        from serving.poll import PollSource
+
+        return PollSource(config, service, store, metrics)  # type: ignore[arg-type]
+
+    raise typer.Exit(_run("poll", service, make_source, (service.out / "spool",), options))
+
+
 @app.command(rich_help_panel=PANEL)
 def jobs(
     out: Annotated[Path, typer.Argument(help="The service's output folder.")],
@@ -256,7 +359,7 @@ def jobs(
 
     path = db or out / "jobs.sqlite3"
     if not path.exists():
-        _fail("jobs", f"no job store at {path}; point it at the --out of `triage watch` / `triage listen`")
+        _fail("jobs", f"no job store at {path}; point it at the --out of `triage watch` / `listen` / `poll`")
     raise typer.Exit(show_jobs(path, show, requeue_failed))
 
 

@@ -3,13 +3,15 @@ range, which the CLI prints as a one-line error (exit status 2)."""
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from triage.io.codestream import DEFAULT_MAX_PIXELS
+from triage.io.dicomweb import INSTALL_HINT, AuthSource, check_url
 from triage.outputs.formats import SERVICE_DEFAULT, check_formats
 
 InputPolicy = Literal["keep", "move", "delete"]
@@ -64,6 +66,46 @@ def is_loopback(host: str) -> bool:
 
 
 @dataclass(frozen=True)
+class TlsSettings:
+    """DICOM TLS (PS3.15 Annex B) for the listener and the C-STORE forwarder: PEM files.
+
+    cert / key: our certificate and private key (the listener's server certificate; presented to the
+        PACS by the forwarder when given). ca: the CA bundle that peers' certificates must chain to:
+        the listener then requires a client certificate from every caller, the forwarder checks the
+        PACS's certificate (and its host name / IP) against it instead of the system's trust store.
+    """
+
+    cert: Path | None = None
+    key: Path | None = None
+    ca: Path | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert is not None or self.ca is not None
+
+    def check(self) -> None:
+        if (self.cert is None) != (self.key is None):
+            raise ConfigError("--tls-cert and --tls-key go together (PEM certificate and its private key)")
+        for flag, path in (("--tls-cert", self.cert), ("--tls-key", self.key), ("--tls-ca", self.ca)):
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(f"{flag} {path} is not a readable file")
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # the parent package (fhir) is missing
+        return False
+
+
+def parse_host_port(text: str, flag: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"{flag} {text!r} must be HOST:PORT, e.g. ris.example.org:2575")
+    return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True)
 class ServiceConfig:
     """Settings shared by `triage watch` and `triage listen`.
 
@@ -74,7 +116,12 @@ class ServiceConfig:
     max_attempts / retry_base / retry_max: transient failures (disk full, I/O errors, model errors) are
         retried after retry_base·2^(n−1) seconds (at most retry_max), up to max_attempts; then failed.
     forward / forward_kinds / ae_title: C-STORE these outputs to this node, calling as ae_title.
+    forward_stow / stow_auth: STOW-RS results to this DICOMweb base URL, credentials from a file or an
+        environment variable (never the command line); each destination has its own outbox rows.
     on_positive / webhook: run this shell command / POST to this URL once per positive study.
+    on_positive_hl7 / on_positive_fhir (fhir_auth): send an HL7 v2 ORU^R01 over MLLP to HOST:PORT /
+        a FHIR R4 DiagnosticReport + Observation to this base URL once per positive study.
+    tls: DICOM TLS for the listener and the C-STORE forwarder.
     worklist_hours: worklist.csv lists the studies finished in this many past hours.
     once: exit once everything present has been processed (the queue is empty).
     """
@@ -102,8 +149,14 @@ class ServiceConfig:
     forward: Destination | None = None
     forward_kinds: frozenset[str] = frozenset(FORWARD_KINDS)
     forward_max_rejections: int = 10
+    forward_stow: str | None = None
+    stow_auth: AuthSource = field(default_factory=AuthSource)
     on_positive: str | None = None
     webhook: str | None = None
+    on_positive_hl7: str | None = None
+    on_positive_fhir: str | None = None
+    fhir_auth: AuthSource = field(default_factory=AuthSource)
+    tls: TlsSettings = TlsSettings()
     action_attempts: int = 10
     worklist_hours: float = 72.0
     once: bool = False
@@ -128,9 +181,10 @@ class ServiceConfig:
         bad = sorted(set(self.forward_kinds) - set(FORWARD_KINDS))
         if bad:
             raise ConfigError(f"--forward-kinds {bad} invalid; valid: {', '.join(FORWARD_KINDS)}")
-        if self.forward is not None and not set(self.forward_kinds) & set(self.formats):
+        if self.forwarding and not set(self.forward_kinds) & set(self.formats):
             raise ConfigError(
-                f"--forward sends {sorted(self.forward_kinds)} but --format writes none of them; "
+                f"--forward / --forward-stow send {sorted(self.forward_kinds)} but --format writes none of"
+                " them; "
                 "add seg, sc or sr"
             )
         if self.batch_size < 1:
@@ -152,6 +206,44 @@ class ServiceConfig:
         if self.webhook is not None and not self.webhook.startswith(("http://", "https://")):
             raise ConfigError(f"--webhook {self.webhook!r} must be an http:// or https:// URL")
         check_ae_title(self.ae_title, "--ae-title")
+        try:
+            if self.forward_stow is not None:
+                check_url(self.forward_stow, "--forward-stow")
+                self.stow_auth.check("--forward-stow")
+            if self.on_positive_fhir is not None:
+                check_url(self.on_positive_fhir, "--on-positive-fhir")
+                self.fhir_auth.check("--on-positive-fhir")
+        except (ValueError, OSError) as exc:
+            raise ConfigError(str(exc)) from None
+        if self.on_positive_hl7 is not None:
+            parse_host_port(self.on_positive_hl7, "--on-positive-hl7")
+        for flag, value, module in (
+            ("--forward-stow", self.forward_stow, "dicomweb_client"),
+            ("--on-positive-hl7", self.on_positive_hl7, "hl7apy"),
+            ("--on-positive-fhir", self.on_positive_fhir, "fhir.resources"),
+        ):
+            if value is not None and not _installed(module):
+                raise ConfigError(f"{flag}: {INSTALL_HINT} ({module} is not installed)")
+        self.tls.check()
+
+    @property
+    def destinations(self) -> tuple[str, ...]:
+        """Outbox destinations: "dimse" (--forward, C-STORE) and / or "stow" (--forward-stow)."""
+        return (("dimse",) if self.forward else ()) + (("stow",) if self.forward_stow else ())
+
+    @property
+    def forwarding(self) -> bool:
+        return bool(self.destinations)
+
+    def positive_actions(self) -> list[tuple[str, str]]:
+        """(kind, target) of each action run once per positive study."""
+        actions = [
+            ("command", self.on_positive),
+            ("webhook", self.webhook),
+            ("hl7", self.on_positive_hl7),
+            ("fhir", self.on_positive_fhir),
+        ]
+        return [(kind, target) for kind, target in actions if target]
 
     @property
     def db_path(self) -> Path:

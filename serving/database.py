@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: outbox rows per destination (dest); a schema-1 store is migrated
 JOB_STATES = ("received", "queued", "running", "done", "failed", "quarantined", "superseded")
 FINISHED = ("done", "failed", "quarantined")
 FILE_OPS = ("move", "delete", "quarantine")
@@ -114,6 +114,7 @@ CREATE TABLE IF NOT EXISTS results (
 CREATE INDEX IF NOT EXISTS results_sop ON results(study_uid, sop_uid);
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY,
+    dest TEXT NOT NULL DEFAULT 'dimse',
     job_id INTEGER NOT NULL,
     study_uid TEXT NOT NULL,
     kind TEXT NOT NULL,
@@ -127,7 +128,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     last_error TEXT,
     created_at REAL NOT NULL,
     delivered_at REAL,
-    UNIQUE (sop_uid, digest)
+    UNIQUE (dest, sop_uid, digest)
 );
 CREATE TABLE IF NOT EXISTS actions (
     id INTEGER PRIMARY KEY,
@@ -237,6 +238,19 @@ class FinishedJob:
     records: list[dict[str, Any]]
 
 
+def _migrate_1_to_2(c: sqlite3.Connection) -> None:
+    """Schema 1 → 2: the outbox gains ``dest`` (its rows were C-STORE rows: 'dimse')."""
+    columns = [r[1] for r in c.execute("PRAGMA table_info(outbox)").fetchall()]
+    if "dest" not in columns:
+        keep = ", ".join(columns)
+        c.execute("ALTER TABLE outbox RENAME TO outbox_v1")
+        statement = _SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS outbox") :]
+        c.execute(statement[: statement.index(";")])
+        c.execute(f"INSERT INTO outbox ({keep}, dest) SELECT {keep}, 'dimse' FROM outbox_v1")
+        c.execute("DROP TABLE outbox_v1")
+    c.execute("UPDATE meta SET value=? WHERE key='schema'", (SCHEMA_VERSION,))
+
+
 class Database:
     """The connection; ``bundle_hash`` keys new study versions."""
 
@@ -260,6 +274,8 @@ class Database:
                 row = c.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
                 if row is None:
                     c.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+                elif row[0] == "1":
+                    _migrate_1_to_2(c)
                 elif row[0] != SCHEMA_VERSION:
                     raise StoreError(
                         f"{self.path} has job-store schema {row[0]}; this version of triage reads schema "
@@ -292,13 +308,15 @@ class Database:
 
     # --- outbox and actions -------------------------------------------------------------------------------
 
-    def due(self, table: str, now: float, limit: int = 50) -> list[sqlite3.Row]:
-        """Pending outbox or action rows that are due (oldest first)."""
+    def due(self, table: str, now: float, limit: int = 50, dest: str | None = None) -> list[sqlite3.Row]:
+        """Pending outbox or action rows that are due (oldest first); outbox rows of ``dest`` only
+        when given."""
         if table not in ("outbox", "actions"):
             raise ValueError(f"table must be outbox or actions, got {table!r}")
+        where, args = ("", ()) if dest is None else (" AND dest=?", (dest,))
         return self._query(
-            f"SELECT * FROM {table} WHERE state='pending' AND not_before <= ? ORDER BY id LIMIT ?",
-            (now, limit),
+            f"SELECT * FROM {table} WHERE state='pending' AND not_before <= ?{where} ORDER BY id LIMIT ?",
+            (now, *args, limit),
         )
 
     def set_row(self, table: str, row_id: int, **values: Any) -> None:
@@ -313,8 +331,9 @@ class Database:
         with self.tx() as c:
             c.execute(f"UPDATE {table} SET {assignments} WHERE id=?", (*values.values(), row_id))
 
-    def next_due(self, table: str) -> float | None:
-        rows = self._query(f"SELECT min(not_before) FROM {table} WHERE state='pending'")
+    def next_due(self, table: str, dest: str | None = None) -> float | None:
+        where, args = ("", ()) if dest is None else (" AND dest=?", (dest,))
+        rows = self._query(f"SELECT min(not_before) FROM {table} WHERE state='pending'{where}", args)
         return None if rows[0][0] is None else float(rows[0][0])
 
     # --- reporting ----------------------------------------------------------------------------------------

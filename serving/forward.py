@@ -32,6 +32,7 @@ from serving.loop import Loop
 from serving.metrics import Metrics
 from serving.policy import backoff
 from serving.store import JobStore
+from serving.tls import client_context
 
 logger = logging.getLogger(__name__)
 
@@ -54,9 +55,9 @@ class Forwarder(Loop):
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            rows = self.store.due("outbox", time.time())
+            rows = self.store.due("outbox", time.time(), dest="dimse")
             if not rows:
-                self._sleep_until_due(self.store, "outbox")
+                self._sleep_until_due(self.store, "outbox", "dimse")
                 continue
             try:
                 self._send(rows)
@@ -70,7 +71,8 @@ class Forwarder(Loop):
         for sop_class in sorted({str(r["sop_class"]) for r in rows}):
             ae.add_requested_context(sop_class, TRANSFER_SYNTAXES)
         dest = self.destination
-        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+        tls = (client_context(self.config.tls), dest.host) if self.config.tls.enabled else None
+        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=tls)
         if not assoc.is_established:
             self._unreachable(rows, "association rejected" if assoc.is_rejected else "cannot connect")
             return

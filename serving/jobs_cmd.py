@@ -30,10 +30,28 @@ def show_jobs(db: Path, show: int, requeue_failed: bool) -> int:
         for state in JOB_STATES:
             table.add_row(state, str(counts.get(state, 0)))
         table.add_row("unreadable files (no study)", str(store.unattributed_quarantined()))
-        for name in ("outbox", "actions"):
-            for state, n in sorted(store.counts(name).items()):
-                table.add_row(f"{name}: {state}", str(n))
+        for (dest, state), n in sorted(store.outbox_counts().items()):
+            table.add_row(f"outbox {dest}: {state}", str(n))
+        for state, n in sorted(store.counts("actions").items()):
+            table.add_row(f"actions: {state}", str(n))
         console.print(table)
+        for source, note in store.notes().items():
+            console.print(f"{source}: {note}")
+        errors = store.delivery_errors(show)
+        if errors:
+            failing = Table(title="forwarding / notification errors (latest first)")
+            for column in ("what", "to", "state", "attempts", "study", "last error"):
+                failing.add_column(column)
+            for row in errors:
+                failing.add_row(
+                    row["what"],
+                    row["target"],
+                    row["state"],
+                    str(row["attempts"]),
+                    row["study_uid"],
+                    (row["last_error"] or "")[:100],
+                )
+            console.print(failing)
         rows = store.jobs(("failed", "quarantined"), limit=show)
         if rows:
             bad = Table(title=f"latest {len(rows)} failed / quarantined")

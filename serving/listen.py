@@ -34,6 +34,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from serving.config import ConfigError, ListenConfig, ServiceConfig
 from serving.metrics import Metrics
 from serving.store import Arrival, JobStore
+from serving.tls import server_context
 from triage.errors import TriageError
 from triage.io.dicomfile import text_value
 from triage.outputs.atomic import atomic_write_bytes
@@ -106,7 +107,10 @@ class DicomSource:
         ]
         try:
             self._server = self.ae.start_server(
-                (self.config.host, self.config.port), block=False, evt_handlers=handlers
+                (self.config.host, self.config.port),
+                block=False,
+                evt_handlers=handlers,
+                ssl_context=server_context(self.service.tls) if self.service.tls.enabled else None,
             )
         except OSError as exc:
             raise ConfigError(
@@ -114,9 +118,10 @@ class DicomSource:
                 " (another DICOM node on that port? choose another --port)"
             ) from exc
         logger.info(
-            "listening on %s:%d as %s (%d transfer syntaxes; calling AE titles: %s)",
+            "listening on %s:%d%s as %s (%d transfer syntaxes; calling AE titles: %s)",
             self.config.host,
             self.config.port,
+            " (DICOM TLS)" if self.service.tls.enabled else "",
             self.service.ae_title,
             len(self.transfer_syntaxes),
             ",".join(self.config.allow_ae) or "any",

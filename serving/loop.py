@@ -36,8 +36,9 @@ class Loop:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    def _sleep_until_due(self, store: JobStore, table: str) -> None:
-        """Sleep until the next row of ``table`` is due (at most IDLE_WAIT_S) or ``wake`` is set."""
-        nxt = store.next_due(table)
+    def _sleep_until_due(self, store: JobStore, table: str, dest: str | None = None) -> None:
+        """Sleep until the next row of ``table`` (of ``dest``) is due (at most IDLE_WAIT_S) or ``wake``
+        is set."""
+        nxt = store.next_due(table, dest)
         self.wake.wait(IDLE_WAIT_S if nxt is None else min(IDLE_WAIT_S, max(MIN_WAIT_S, nxt - time.time())))
         self.wake.clear()

@@ -34,6 +34,7 @@ from serving.forward import Forwarder
 from serving.metrics import HttpEndpoint, Metrics
 from serving.results import ResultsLog, Worklist
 from serving.store import JobStore
+from serving.stow import StowForwarder
 from serving.worker import Worker
 from triage import __version__
 from triage.bundle import load_bundle
@@ -123,6 +124,7 @@ class Service:
         with FolderLock(config.out):
             bundle = load_bundle(config.bundle)
             store = JobStore(config.db_path, bundle.content_hash)
+            store.destinations = config.destinations
             try:
                 return self._run(store, bundle)
             finally:
@@ -151,10 +153,11 @@ class Service:
         self._recover(store, results, fileops, worklist)
 
         forwarder = Forwarder(config, store, metrics) if config.forward else None
-        actions = ActionRunner(config, store) if (config.on_positive or config.webhook) else None
+        stow = StowForwarder(config, store, metrics) if config.forward_stow else None
+        actions = ActionRunner(config, store) if config.positive_actions() else None
 
         def after_commit() -> None:
-            for part in (forwarder, actions):
+            for part in (forwarder, stow, actions):
                 if part is not None:
                     part.wake.set()
 
@@ -165,6 +168,8 @@ class Service:
         parts: dict[str, Any] = {"worker": worker, source.name: source}
         if forwarder:
             parts["forwarder"] = forwarder
+        if stow:
+            parts["stow"] = stow
         if actions:
             parts["actions"] = actions
 
@@ -175,6 +180,8 @@ class Service:
                 degraded.append("disk space below --min-free-mb: not processing")
             if forwarder is not None and forwarder.reachable is False:
                 degraded.append(f"PACS {config.forward} unreachable: results wait in the outbox")
+            if stow is not None and stow.reachable is False:
+                degraded.append("STOW-RS destination failing: results wait in the outbox")
             status = "unhealthy" if not all(alive.values()) else ("degraded" if degraded else "ok")
             counts = store.counts("jobs")
             return {
@@ -204,7 +211,7 @@ class Service:
         status = 0
         try:
             worker.start()
-            for part in (forwarder, actions):
+            for part in (forwarder, stow, actions):
                 if part is not None:
                     part.start()
             source.start()
@@ -217,7 +224,7 @@ class Service:
             )
             status = self._loop(store, source, worker, worklist, parts)
         finally:
-            self._shutdown(source, worker, forwarder, actions, results, fileops, worklist)
+            self._shutdown(source, worker, (forwarder, stow, actions), results, fileops, worklist)
             if http is not None:
                 http.stop()
             for sig, handler in previous.items():
@@ -292,8 +299,7 @@ class Service:
         self,
         source: Source,
         worker: Worker,
-        forwarder: Forwarder | None,
-        actions: ActionRunner | None,
+        senders: tuple[Forwarder | StowForwarder | ActionRunner | None, ...],
         results: ResultsLog,
         fileops: FileOps,
         worklist: Worklist,
@@ -304,10 +310,10 @@ class Service:
         finally:
             worker.stop()
             worker.join()
-            for part in (forwarder, actions):
+            for part in senders:
                 if part is not None:
                     part.stop()
-            for part in (forwarder, actions):
+            for part in senders:
                 if part is not None:
                     part.join(timeout=60)
             results.export()

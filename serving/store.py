@@ -15,7 +15,8 @@ Tables
                a new version. Files that are not DICOM (no study) get a job of their own, ``quarantined``.
 ``job_images`` the SOP set of a version and the file chosen for each SOP.
 ``results``    the version's per-image result records (JSON), written in the commit that ends the job.
-``outbox``     DICOM objects to forward to the PACS, unique per (SOPInstanceUID, content digest).
+``outbox``     DICOM objects to forward, one row per destination (``dest``: dimse = C-STORE, stow =
+               STOW-RS), unique per (destination, SOPInstanceUID, content digest).
 ``actions``    on-positive commands / webhooks, unique per (study, kind, target): once per study.
 ``meta``       schema version and the byte length of results.jsonl that the database vouches for.
 
@@ -71,7 +72,13 @@ def sop_set_digest(sops: Iterable[str]) -> str:
 
 
 class JobStore(Database):
-    """The service's durable state; see the module docstring."""
+    """The service's durable state; see the module docstring.
+
+    ``destinations``: where finished versions' outbox objects go, one outbox row per destination
+    ("dimse": C-STORE, "stow": STOW-RS), each with its own state, attempts and last error.
+    """
+
+    destinations: tuple[str, ...] = ("dimse",)
 
     # --- arrivals -------------------------------------------------------------------------------------
 
@@ -406,8 +413,7 @@ class JobStore(Database):
                 [(not_before, code, message, job_id) for job_id, code, message, not_before in retries],
             )
 
-    @staticmethod
-    def _finish(c: sqlite3.Connection, job_id: int, outcome: Outcome, now: float) -> None:
+    def _finish(self, c: sqlite3.Connection, job_id: int, outcome: Outcome, now: float) -> None:
         job = c.execute("SELECT study_uid FROM jobs WHERE id=?", (job_id,)).fetchone()
         c.execute(
             "UPDATE jobs SET state=?, finished_at=?, error_code=?, message=?, positive=?, priority=?,"
@@ -439,11 +445,12 @@ class JobStore(Database):
                 (op, json.dumps(error) if error else None, file_id),
             )
         c.executemany(
-            "INSERT OR IGNORE INTO outbox (job_id, study_uid, kind, path, sop_uid, sop_class, digest,"
-            " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR IGNORE INTO outbox (dest, job_id, study_uid, kind, path, sop_uid, sop_class, digest,"
+            " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
-                (job_id, job["study_uid"], o.kind, o.path, o.sop_uid, o.sop_class, o.digest, now)
+                (dest, job_id, job["study_uid"], o.kind, o.path, o.sop_uid, o.sop_class, o.digest, now)
                 for o in outcome.outbox
+                for dest in self.destinations
             ],
         )
         c.executemany(
@@ -470,3 +477,46 @@ class JobStore(Database):
                     tuple(job_ids),
                 ).rowcount
             )
+
+    # --- DICOMweb polling and reporting -----------------------------------------------------------------
+
+    def known_sops(self, study_uid: str) -> set[str]:
+        """SOPInstanceUIDs of ``study_uid`` already taken in (any file, any version)."""
+        rows = self._query("SELECT sop_uid FROM images WHERE study_uid=?", (study_uid,))
+        return {str(r["sop_uid"]) for r in rows}
+
+    def outbox_counts(self) -> dict[tuple[str, str], int]:
+        """Outbox rows by (destination, state)."""
+        rows = self._query("SELECT dest, state, count(*) FROM outbox GROUP BY dest, state")
+        return {(str(r[0]), str(r[1])): int(r[2]) for r in rows}
+
+    def delivery_errors(self, limit: int = 20) -> list[sqlite3.Row]:
+        """The latest outbox and action rows with an error (pending retries and given-up ones):
+        (what, dest/kind, state, attempts, study, last_error)."""
+        return self._query(
+            "SELECT * FROM ("
+            " SELECT 'outbox' AS what, dest AS target, state, attempts, study_uid, last_error, id"
+            " FROM outbox WHERE last_error IS NOT NULL AND state != 'delivered'"
+            " UNION ALL"
+            " SELECT 'action' AS what, kind AS target, state, attempts, study_uid, last_error, id"
+            " FROM actions WHERE last_error IS NOT NULL AND state != 'done'"
+            ") ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+
+    def set_note(self, key: str, text: str | None) -> None:
+        """A source's standing problem (e.g. ``poll`` → "QIDO-RS: HTTP 503 …"), shown by `triage jobs`;
+        None clears it."""
+        with self.tx() as c:
+            if text is None:
+                c.execute("DELETE FROM meta WHERE key=?", (f"note:{key}",))
+            else:
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
+                c.execute(
+                    "INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                    (f"note:{key}", f"{stamp} {text}"),
+                )
+
+    def notes(self) -> dict[str, str]:
+        rows = self._query("SELECT key, value FROM meta WHERE key LIKE 'note:%' ORDER BY key")
+        return {str(r["key"])[5:]: str(r["value"]) for r in rows}

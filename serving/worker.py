@@ -322,14 +322,11 @@ class Worker(Loop):
             priority=max(priorities) if priorities else None,
             file_ops=file_ops,
         )
-        if self.config.forward is not None:
+        if self.config.forwarding:
             outcome.outbox = self._outbox(ok)
         if positive and state == "done":
             payload = json.dumps(study_summary(claim, records, self.predictor.bundle.label))
-            if self.config.on_positive:
-                outcome.actions.append(("command", self.config.on_positive, payload))
-            if self.config.webhook:
-                outcome.actions.append(("webhook", self.config.webhook, payload))
+            outcome.actions.extend((kind, target, payload) for kind, target in self.config.positive_actions())
         return outcome
 
     def dispose_redundant(self, study_uid: str) -> None:

@@ -77,9 +77,9 @@ def saliency(path: Path, size: int, seed: int) -> None:
     nodes = [
         helper.make_node("Conv", ["image", "w", "b"], ["z"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
         helper.make_node("Sigmoid", ["z"], ["s"]),
-        helper.make_node("AveragePool", ["s"], ["saliency"], kernel_shape=[4, 4], strides=[4, 4]),
+        helper.make_node("AveragePool", ["s"], ["map"], kernel_shape=[4, 4], strides=[4, 4]),
     ]
-    _save(path, nodes, inits, size, [("saliency", ["N", 1, size // 4, size // 4])])
+    _save(path, nodes, inits, size, [("map", ["N", 1, size // 4, size // 4])])
 
 
 def build_tiny_bundle(root: Path, *, cls_size: int = 64, seg_size: int = 64, seed: int = 0,
@@ -109,7 +109,7 @@ def build_tiny_bundle(root: Path, *, cls_size: int = 64, seg_size: int = 64, see
         models["saliency"] = {
             "file": "saliency.onnx", "runtime": "onnx", "input_name": "image",
             "input_size": [cls_size, cls_size], "channels": 1, "resize": "letterbox",
-            "normalization": {"kind": "minmax"}, "outputs": {"map": "saliency"},
+            "normalization": {"kind": "minmax"}, "outputs": {"map": "map"},
         }
     card = {
         "format": FORMAT, "name": "tiny-test", "version": "0.0.1", "models": models, "tta": list(tta),

@@ -1,11 +1,13 @@
 """Print the pip requirements of the container image, one per line, from pyproject.toml.
 
 The runtime's dependencies plus the requested extras. For the GPU variant, ``onnxruntime`` is replaced by
-``onnxruntime-gpu`` pinned to the version constraints.txt pins for ``onnxruntime`` (the two cannot be
-installed side by side: both provide the ``onnxruntime`` module, and removing one breaks the other), and
-``tensorrt`` takes ``--tensorrt`` when given (TensorRT engines only load in the TensorRT version that
-built them: pin the one the bundle's engines were exported with). Installed with
-``pip install -c constraints.txt -r <this output>``, every other package gets the lock's exact version.
+the gpu extra: ``onnxruntime-gpu[cuda,cudnn]`` (CUDA 13 and cuDNN 9 as wheels) pinned to the version
+constraints.txt pins for ``onnxruntime`` (the two cannot be installed side by side: both provide the
+``onnxruntime`` module, and removing one breaks the other). ``--tensorrt SPEC`` adds a TensorRT
+requirement: none installs from PyPI (docs/export.md), so give one your package index serves, pinned to
+the version the bundle's engines were exported with. Installed with
+``pip install -c constraints.txt [-c constraints-gpu.txt] -r <this output>``, every package gets the
+locks' exact version.
 
 Usage:  python tools/image_requirements.py --variant gpu|cpu [--extras serving,gpu] [--tensorrt SPEC]
 """
@@ -65,11 +67,12 @@ def requirements(
             version = pins(constraints).get("onnxruntime")
             if version is None:
                 raise ValueError(f"{constraints} pins no onnxruntime version to match onnxruntime-gpu to")
-            requirement = f"onnxruntime-gpu=={version}"
-        elif name == "tensorrt" and tensorrt:
-            requirement = tensorrt
+            extras_of = re.search(r"\[[^\]]*\]", requirement)  # e.g. [cuda,cudnn]: kept
+            requirement = f"onnxruntime-gpu{extras_of.group(0) if extras_of else ''}=={version}"
         if requirement not in out:
             out.append(requirement)
+    if tensorrt:
+        out.append(tensorrt)
     return out
 
 
@@ -79,7 +82,9 @@ def main() -> None:
     )
     parser.add_argument("--variant", choices=VARIANTS, required=True)
     parser.add_argument("--extras", default="serving", help="comma-separated extras of pyproject.toml")
-    parser.add_argument("--tensorrt", default=None, help="requirement for tensorrt, e.g. tensorrt==10.3.0")
+    parser.add_argument(
+        "--tensorrt", default=None, help="a TensorRT requirement to add, e.g. tensorrt-cu13==10.16.1.11"
+    )
     parser.add_argument("--pyproject", type=Path, default=ROOT / "pyproject.toml")
     parser.add_argument("--constraints", type=Path, default=ROOT / "constraints.txt")
     args = parser.parse_args()

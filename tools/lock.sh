@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerate constraints.txt: a full lock (exact == pins) of everything that
-#   pip install '.[training,serving,dev]'
+#   pip install '.[training,serving,dicomweb,scale,dev]'
 # installs with Python 3.11. Run it as `make lock`.
 #
 # How: copy the source tree to a temp dir, install it into a fresh temp venv with pip (pip, not uv or
@@ -11,7 +11,7 @@ set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 python="${PYTHON:-python3}"
-extras="${LOCK_EXTRAS:-training,serving,dev}"
+extras="${LOCK_EXTRAS:-training,serving,dicomweb,scale,dev}"
 out="${1:-$repo/constraints.txt}"
 
 if ! "$python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then

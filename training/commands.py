@@ -94,6 +94,7 @@ def experiment_command(opts: ExperimentOptions) -> int:
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         return error("experiment", str(exc))
     typer.echo((out / "table.md").read_text(encoding="utf-8"))
+    typer.echo((out / "paired.md").read_text(encoding="utf-8"))
     if opts.test is not None:
         typer.echo((out / "test.md").read_text(encoding="utf-8"))
     t = summary["timings"]

@@ -125,12 +125,13 @@ def epoch_order(
 class EpochBatches(Sampler[list[Key]]):
     """Batches of ``(row, position)`` keys of one epoch, from batch ``start`` on (resume mid-epoch).
 
-    A trailing batch of one sample is dropped (BatchNorm cannot train on it)."""
+    A trailing batch smaller than ``min_last`` (default 2) is dropped (BatchNorm cannot train on one
+    sample; with N processes each needs a share of every batch)."""
 
-    def __init__(self, order: list[int], batch_size: int, start: int = 0) -> None:
+    def __init__(self, order: list[int], batch_size: int, start: int = 0, min_last: int = 2) -> None:
         keys = [(row, pos) for pos, row in enumerate(order)]
         self.batches = [keys[i : i + batch_size] for i in range(0, len(keys), batch_size)]
-        if len(self.batches) > 1 and len(self.batches[-1]) == 1:
+        if len(self.batches) > 1 and len(self.batches[-1]) < min_last:
             self.batches.pop()
         self.start = start
 
@@ -139,6 +140,44 @@ class EpochBatches(Sampler[list[Key]]):
 
     def __len__(self) -> int:
         return max(0, len(self.batches) - self.start)
+
+
+class EpochSampler(Sampler[list[Key]]):
+    """The training batches of the current epoch for one process (fastai's Learner iterates it).
+
+    :meth:`set_epoch` draws the epoch's order (:func:`epoch_order`) and where to start (resume mid-epoch).
+    With ``world`` processes, every global batch of ``batch_size`` keys is split into ``world`` interleaved
+    shares and process ``rank`` gets share ``rank``: each sample is seen once per epoch across the
+    processes, with the same global batch as one process. ``len`` is the whole epoch's number of batches,
+    so the one-cycle schedule's position stays right when an epoch resumes part-way."""
+
+    def __init__(
+        self,
+        rows: Sequence[int],
+        labels: np.ndarray,
+        batch_size: int,
+        seed: int,
+        positive_fraction: float | None,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
+        self.rows, self.labels, self.batch_size, self.seed = list(rows), labels, batch_size, seed
+        self.positive_fraction, self.rank, self.world = positive_fraction, rank, world
+        self.batches: list[list[Key]] = []
+        self.start = 0
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        order = epoch_order(self.rows, self.labels, self.seed, epoch, self.positive_fraction)
+        self.batches = EpochBatches(order, self.batch_size, min_last=max(2, 2 * self.world)).batches
+        self.start = start
+
+    def __iter__(self) -> Iterator[list[Key]]:
+        for batch in self.batches[self.start :]:
+            yield batch[self.rank :: self.world]
+
+    def __len__(self) -> int:
+        return len(self.batches)
 
 
 def loader(dataset: GridDataset, batches: Sampler[list[Key]] | list[list[int]], workers: int) -> DataLoader:  # type: ignore[type-arg]

@@ -1,13 +1,21 @@
-"""The training loop: one-cycle schedule with cyclic momentum, mixed precision on CUDA, extra loss terms,
-validation each epoch, CSV + TensorBoard logs, best/last weights as safetensors, and resume.
+"""Training on fastai's ``Learner``: ``fit_one_cycle`` (cosine one-cycle on the learning rate, momentum /
+Adam β1 cycling 0.95 → 0.85 → 0.95), fastai's RAdam / Adam / SGD, its mixed precision (``to_fp16`` /
+``to_bf16``, CUDA only) and channels-last callbacks, its progress bars and Recorder, and this project's
+callbacks for what a hospital run needs beyond that:
 
-Checkpoints (in the run folder):
+* :class:`RunCallback` — the run folder: ``metrics.csv`` (one row per epoch) and TensorBoard scalars,
+  ``best.safetensors`` / ``last.safetensors`` (the state dict of ``CamClassifier`` / ``Segmenter``, what
+  export reads), ``state.pt`` for resume (weights, the fastai optimizer's state, epoch and next batch, best
+  metric: a dict of tensors and numbers read back with ``torch.load(weights_only=True)``, never a pickled
+  object), validation metrics (AUC; Dice per image at p > 0.5) reduced across processes, stop requests
+  (Ctrl-C / SIGTERM stop after the current batch), and the per-step ``hooks``;
+* :class:`TaskLoss` — the main loss plus the config's ``extra_losses`` terms (heatmap loss, saliency
+  terms, the CAM–mask term): extra objectives plug in as loss terms without touching the loop;
+* :class:`training.distributed.DDPCallback` — DistributedDataParallel (``--devices N``).
 
-* ``last.safetensors`` / ``best.safetensors``: the model's state dict (what export reads);
-* ``state.pt``: everything needed to resume — weights, optimizer, scheduler, grad scaler, epoch and the
-  next batch, best metric — a dict of tensors and numbers read back with ``torch.load(weights_only=True)``
-  (never a pickled object). Written at the end of each epoch, every ``checkpoint_minutes`` inside one,
-  and when training is interrupted (Ctrl-C / SIGTERM); removed when the run finishes.
+``state.pt`` is written at the end of every epoch and when training is interrupted; it is removed when
+the run finishes. A resumed run continues at the saved batch with the saved optimizer state and schedule
+position, so no batch is repeated or lost.
 """
 
 from __future__ import annotations
@@ -21,17 +29,27 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from fastai.callback.core import Callback, CancelValidException
+from fastai.callback.progress import ProgressCallback
+from fastai.callback.schedule import fit_one_cycle  # noqa: F401  (patches Learner.fit_one_cycle)
+from fastai.data.core import DataLoaders
+from fastai.learner import Learner, ValueMetric
+from fastai.optimizer import SGD, Adam, RAdam
+from fastai.torch_core import params
+from fastcore.foundation import L
 from safetensors.torch import save_file
 from torch import nn
+from torch.utils.data import DataLoader
 
 from training.config import TrainConfig
-from training.data import EpochBatches, GridDataset, epoch_order, loader, plain_batches
-from training.losses import Batch, WeightedTerm, build_extra_terms, build_loss
+from training.data import EpochSampler, GridDataset, Key, plain_batches
+from training.losses import Batch, Outputs, WeightedTerm, build_extra_terms, build_loss
 from training.tasks import Task
 
 logger = logging.getLogger(__name__)
@@ -40,7 +58,7 @@ STATE = "state.pt"
 LAST = "last.safetensors"
 BEST = "best.safetensors"
 METRICS_CSV = "metrics.csv"
-Hook = Callable[["Trainer", int, int], None]  # (trainer, epoch, step) after each optimizer step
+Hook = Callable[["Trainer", int, int], None]  # (trainer, epoch, batches done) after each optimizer step
 
 
 class Interrupted(Exception):
@@ -49,6 +67,10 @@ class Interrupted(Exception):
     def __init__(self, epoch: int, step: int) -> None:
         super().__init__(f"interrupted at epoch {epoch + 1}, batch {step}")
         self.epoch, self.step = epoch, step
+
+
+class _Stop(Exception):
+    """Raised out of fastai's loop (not one of its Cancel exceptions) when a stop was requested."""
 
 
 @dataclass
@@ -71,40 +93,50 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters()]
-    beta1, wd = config.moms[0], config.weight_decay
+def opt_func(config: TrainConfig) -> Callable[..., Any]:
+    """fastai's optimizer for ``config.optimizer``: RAdam and AdamW with decoupled weight decay, Adam with
+    L2 weight decay (as torch's Adam), SGD with momentum. β2 = 0.99; β1 follows the one-cycle momentum."""
     if config.optimizer == "radam":
-        return torch.optim.RAdam(
-            params, lr=config.lr, betas=(beta1, 0.99), weight_decay=wd, decoupled_weight_decay=True
-        )
-    if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, betas=(beta1, 0.99), weight_decay=wd)
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, betas=(beta1, 0.99), weight_decay=wd)
-    return torch.optim.SGD(params, lr=config.lr, momentum=beta1, weight_decay=wd)
+        return partial(RAdam, sqr_mom=0.99, decouple_wd=True)
+    if config.optimizer in ("adam", "adamw"):
+        return partial(Adam, sqr_mom=0.99, decouple_wd=config.optimizer == "adamw")
+    return partial(SGD, decouple_wd=True)
 
 
-def one_cycle(config: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int) -> Any:
-    """fastai's ``fit_one_cycle`` as torch's OneCycleLR: cosine warm-up over ``pct_start`` from
-    lr/div_factor to lr, cosine annealing to lr/final_div_factor; momentum (β1) 0.95 → 0.85 → 0.95.
+class TaskModule(nn.Module):
+    """The network seen by fastai: ``forward(batch dict) -> outputs dict`` (the task's forward pass)."""
 
-    torch needs at least two steps in each phase; very short runs (tests) get a schedule of 8 steps of
-    which they use the first ones."""
-    total = max(8, total_steps)
-    pct = config.pct_start if abs(config.pct_start * total - 1) > 1e-6 else 1.5 / total
-    return torch.optim.lr_scheduler.OneCycleLR(
-        optimizer,
-        max_lr=config.lr,
-        total_steps=total,
-        pct_start=pct,
-        anneal_strategy="cos",
-        cycle_momentum=True,
-        base_momentum=config.moms[1],
-        max_momentum=config.moms[0],
-        div_factor=config.div_factor,
-        final_div_factor=config.final_div_factor / config.div_factor,  # torch divides the initial lr
-    )
+    def __init__(self, task: Task, net: nn.Module) -> None:
+        super().__init__()
+        self.task, self.net = task, net
+
+    def forward(self, batch: Batch) -> Outputs:
+        return self.task.forward(self.net, batch)
+
+
+class TaskLoss:
+    """fastai's ``loss_func(pred, batch)``: the main loss, plus the weighted extra terms while training.
+
+    The extra terms' logs of the last batch are kept in :attr:`last_logs` for the run's metrics."""
+
+    def __init__(self, task: Task, main: nn.Module, terms: Sequence[WeightedTerm], net: nn.Module) -> None:
+        self.task, self.main, self.terms, self.net = task, main, list(terms), net
+        self.last_logs: dict[str, float] = {}
+
+    def to(self, device: Any) -> TaskLoss:
+        self.main.to(device)
+        return self
+
+    def __call__(self, outputs: Outputs, batch: Batch) -> torch.Tensor:
+        loss: torch.Tensor = self.main(*self.task.loss_inputs(outputs, batch))
+        self.last_logs = {}
+        if self.terms and self.net.training:  # validation loss = the main loss (terms may need grads)
+            self.last_logs["main_loss"] = float(loss.detach())
+            for term in self.terms:
+                value, logs = term(self.net, batch, outputs)
+                loss = loss + value
+                self.last_logs.update(logs)
+        return loss
 
 
 def _atomic_save_weights(model: nn.Module, path: Path, metadata: dict[str, str]) -> None:
@@ -114,19 +146,45 @@ def _atomic_save_weights(model: nn.Module, path: Path, metadata: dict[str, str])
     os.replace(tmp, path)
 
 
-def _set_frozen(task: Task, model: nn.Module, frozen: bool) -> None:
-    """Freeze the encoder except its BatchNorm layers (fastai's ``train_bn``), or unfreeze everything."""
-    for p in model.parameters():
-        p.requires_grad_(True)
-    if frozen:
-        for module in task.encoder(model).modules():
-            if not isinstance(module, nn.modules.batchnorm._BatchNorm):
-                for p in module.parameters(recurse=False):
-                    p.requires_grad_(False)
+def _plain(value: Any) -> Any:
+    """The fastai optimizer's state with numpy scalars as Python numbers (``weights_only`` loading)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, L)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value)
+    return value
+
+
+class _Loader(DataLoader):  # type: ignore[type-arg]
+    """A torch DataLoader of ``(batch, batch)`` pairs (fastai's ``xb``, ``yb``) that fastai can "move"."""
+
+    def to(self, device: Any) -> _Loader:
+        return self
+
+
+def _pair(items: list[dict[str, torch.Tensor]]) -> tuple[Batch, Batch]:
+    from torch.utils.data import default_collate
+
+    batch: Batch = default_collate(items)
+    return batch, batch
+
+
+def _loader(dataset: GridDataset, batches: Any, workers: int) -> _Loader:
+    return _Loader(
+        dataset,
+        batch_sampler=batches,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+        collate_fn=_pair,
+    )
 
 
 class _Logs:
-    """metrics.csv (one row per epoch) and TensorBoard scalars (per step and per epoch)."""
+    """metrics.csv (one row per epoch; columns grow when new ones appear) and TensorBoard scalars."""
 
     def __init__(self, run: Path) -> None:
         self.csv = run / METRICS_CSV
@@ -143,25 +201,23 @@ class _Logs:
             self.tb.add_scalar(name, value, step)
 
     def epoch(self, row: dict[str, Any], step: int) -> None:
-        new = not self.csv.exists()
-        if not new:
+        rows: list[dict[str, Any]] = []
+        header: list[str] = []
+        if self.csv.exists():
             with self.csv.open(newline="", encoding="utf-8") as f:
-                header = next(csv.reader(f), [])
-            if header != list(row):  # columns changed (extra terms): rewrite with the union
-                rows = list(csv.DictReader(self.csv.open(newline="", encoding="utf-8")))
-                keys = list(dict.fromkeys([*header, *row]))
-                with self.csv.open("w", newline="", encoding="utf-8") as f:
-                    w = csv.DictWriter(f, keys)
-                    w.writeheader()
-                    w.writerows(rows)
-                header = keys
-        with self.csv.open("a", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, header if not new else list(row), restval="")
-            if new:
-                w.writeheader()
-            w.writerow(row)
+                reader = csv.DictReader(f)
+                rows, header = list(reader), list(reader.fieldnames or [])
+        # a resumed epoch replaces a row an interrupted run may have left
+        rows = [r for r in rows if str(r.get("epoch")) != str(row["epoch"])] + [row]
+        keys = list(dict.fromkeys([*header, *row]))
+        tmp = self.csv.with_suffix(".tmp")
+        with tmp.open("w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, keys, restval="")
+            w.writeheader()
+            w.writerows(rows)
+        os.replace(tmp, self.csv)
         for key, value in row.items():
-            if isinstance(value, (int, float)) and key not in ("epoch",):
+            if isinstance(value, (int, float)) and key != "epoch":
                 self.scalar(f"epoch/{key}", float(value), step)
 
     def close(self) -> None:
@@ -169,8 +225,160 @@ class _Logs:
             self.tb.close()
 
 
+def _gather(value: Any) -> list[Any]:
+    """``value`` from every process (a one-element list without torch.distributed)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return [value]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
+class RunCallback(Callback):
+    """The run folder, resume, validation metrics and stop requests around fastai's loop (see module doc).
+
+    ``offset`` is the first epoch of the current ``fit_one_cycle`` phase (``freeze_epochs`` for the
+    unfrozen phase), so epochs are numbered over the whole run."""
+
+    order = -5  # after TrainEvalCallback (-10) has set the schedule's position, before the scheduler (60)
+
+    def __init__(self, trainer: Trainer, sampler: EpochSampler, logs: _Logs | None) -> None:
+        self.trainer, self.sampler, self.logs = trainer, sampler, logs
+        self.offset, self.start_epoch, self.start_step, self.frozen = 0, 0, 0, False
+        self.best, self.best_epoch = -math.inf, -1
+        self.history: list[dict[str, Any]] = []
+        self.train_seconds, self.images_seen = 0.0, 0
+        self.values: dict[str, float] = {}
+
+    @property
+    def global_epoch(self) -> int:
+        return self.offset + int(self.learn.epoch)
+
+    def metric(self) -> float:
+        return self.values.get(self.trainer.task.metric, float("nan"))
+
+    # --- training ---------------------------------------------------------------------------------
+
+    def before_epoch(self) -> None:
+        epoch = self.global_epoch
+        self.skipped = epoch < self.start_epoch  # fastai's SkipToEpoch (order 70) cancels the epoch
+        if self.skipped:
+            return
+        start = self.start_step if epoch == self.start_epoch else 0
+        self.trainer.train_set.set_epoch(epoch)
+        self.sampler.set_epoch(epoch, start)
+        self.step, self.sums, self.n_batches, self.n_images = start, {}, 0, 0
+        self.t_epoch = time.perf_counter()
+
+    def before_train(self) -> None:
+        if not self.skipped and self.step:  # resumed part-way: the schedule continues where it stopped
+            n = len(self.sampler)
+            self.learn.pct_train = (self.learn.epoch + self.step / n) / self.learn.n_epoch
+            self.learn.train_iter = self.learn.epoch * n + self.step
+
+    def after_batch(self) -> None:
+        if not self.training:
+            self._accumulate_validation()
+            return
+        loss = float(self.learn.loss.detach())
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"the loss became {loss}; lower the learning rate (--lr)")
+        logs = {"loss": loss, **self.trainer.loss.last_logs}
+        for k, v in logs.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.n_batches += 1
+        self.n_images += len(self.learn.xb[0]["row"]) * self.trainer.world
+        self.step += 1
+        global_step = self.global_epoch * len(self.sampler) + self.step
+        if self.logs is not None:
+            for k, v in logs.items():
+                self.logs.scalar(f"train/{k}", v, global_step)
+            self.logs.scalar("train/lr", self.lr, global_step)
+        for hook in self.trainer.hooks:
+            hook(self.trainer, self.global_epoch, self.step)
+        if self.trainer.stop_requested:
+            self.trainer.save_state(self.global_epoch, self.step, self)
+            raise _Stop("stop requested")
+
+    @property
+    def lr(self) -> float:
+        return float(self.learn.opt.hypers[-1]["lr"])
+
+    # --- validation -------------------------------------------------------------------------------
+
+    def before_validate(self) -> None:
+        self.values = {}
+        self.seconds = time.perf_counter() - self.t_epoch
+        if not self.trainer.val_rows:
+            raise CancelValidException
+        self.scores: list[Any] = []
+        self.kept: list[Batch] = []
+        self.val_loss = 0.0
+
+    def _accumulate_validation(self) -> None:
+        batch = self.learn.yb[0]
+        self.scores.append(self.trainer.task.score(self.learn.pred))
+        keys = getattr(self.trainer.task, "validation_keys", ("label", "mask"))
+        self.kept.append({k: batch[k].detach().cpu() for k in keys if k in batch})
+        self.val_loss += float(self.learn.loss.detach()) * len(batch["row"])
+
+    def after_validate(self) -> None:
+        if not self.trainer.val_rows:
+            return
+        parts = _gather((self.scores, self.kept, self.val_loss))
+        scores = [s for p in parts for s in p[0]]
+        kept = [b for p in parts for b in p[1]]
+        self.values = self.trainer.task.validation_metrics(scores, kept)
+        self.values["val_loss"] = sum(p[2] for p in parts) / max(1, len(self.trainer.val_rows))
+
+    def after_epoch(self) -> None:
+        if getattr(self, "skipped", False):
+            return
+        sums: dict[str, float] = {}
+        for part in _gather(self.sums):  # every process's sums (one dict without torch.distributed)
+            for k, v in part.items():
+                sums[k] = sums.get(k, 0.0) + v
+        n_batches = sum(_gather(self.n_batches))
+        seconds = getattr(self, "seconds", time.perf_counter() - self.t_epoch)
+        self.train_seconds += seconds
+        self.images_seen += self.n_images
+        epoch = self.global_epoch
+        row: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "frozen": int(self.frozen),
+            "train_loss": sums.get("loss", float("nan")) / max(1, n_batches),
+            **self.values,
+            "lr": self.lr,
+            "images_per_s": self.n_images / max(1e-9, seconds),
+            "seconds": seconds,
+            **{f"train_{k}": v / max(1, n_batches) for k, v in sums.items() if k != "loss"},
+        }
+        self.history.append(row)
+        metric = self.metric()
+        score = metric if math.isfinite(metric) else -self.values.get("val_loss", row["train_loss"])
+        improved = score > self.best or self.best_epoch < 0
+        if improved:
+            self.best, self.best_epoch = score, epoch + 1
+        if self.trainer.rank == 0:
+            assert self.logs is not None
+            self.logs.epoch(row, (epoch + 1) * len(self.sampler))
+            logger.info(
+                "epoch %d/%d: %s",
+                epoch + 1,
+                self.trainer.config.total_epochs,
+                ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)),
+            )
+            if improved:
+                _atomic_save_weights(self.trainer.model, self.trainer.run / BEST, {"epoch": str(epoch + 1)})
+        self.trainer.save_state(epoch + 1, 0, self)
+
+
 @dataclass
 class Trainer:
+    """One run's training on a fastai ``Learner`` (see the module docstring); :meth:`fit` → FitResult."""
+
     config: TrainConfig
     task: Task
     model: nn.Module
@@ -182,30 +390,85 @@ class Trainer:
     progress: bool = True
     hooks: Sequence[Hook] = ()
     extra_terms: list[WeightedTerm] = field(default_factory=list)
+    rank: int = 0
+    world: int = 1
 
     def __post_init__(self) -> None:
         self.device = pick_device(self.config.device)
         self.amp = self.config.amp and self.device.type == "cuda"
         if not self.extra_terms:
             self.extra_terms = build_extra_terms(self.config)
+        self.stop_requested = False
+
+    # --- the learner ------------------------------------------------------------------------------
+
+    def learner(self) -> tuple[Learner, RunCallback]:
+        cfg = self.config
+        labels = self.train_set.grids.labels
+        pos = int(labels[list(self.train_rows)].sum())
+        pos_weight = (len(self.train_rows) - pos) / max(1, pos) if cfg.balance == "pos_weight" else None
+        fraction = (
+            cfg.positive_fraction if cfg.balance == "sampler" and self.task.role != "segmenter" else None
+        )
+        sampler = EpochSampler(
+            self.train_rows, labels, cfg.batch_size, cfg.seed, fraction, self.rank, self.world
+        )
+        val_rows = list(self.val_rows)[self.rank :: self.world]
+        val_batches: list[list[Key] | list[int]] = list(plain_batches(val_rows, cfg.batch_size * 2))
+        dls = DataLoaders(
+            _loader(self.train_set, sampler, cfg.workers),
+            _loader(self.val_set or self.train_set, val_batches, cfg.workers),
+            device=self.device,
+        )
+        self.loss = TaskLoss(self.task, build_loss(cfg, pos_weight), self.extra_terms, self.model)
+        module = TaskModule(self.task, self.model)
+        callback = RunCallback(self, sampler, _Logs(self.run) if self.rank == 0 else None)
+        learn = Learner(
+            dls,
+            module,
+            loss_func=self.loss,
+            opt_func=opt_func(cfg),
+            lr=cfg.lr,
+            splitter=lambda m: [params(self.task.encoder(m.net)), _rest(m.net, self.task.encoder(m.net))],
+            cbs=[callback],
+            metrics=[ValueMetric(callback.metric, self.task.metric)] if self.val_rows else None,
+            wd=cfg.weight_decay,
+            moms=(cfg.moms[0], cfg.moms[1], cfg.moms[0]),
+            train_bn=True,
+            path=self.run,
+        )
+        if not self.progress or self.rank != 0:
+            learn.remove_cb(ProgressCallback)
+            learn.logger = lambda *a, **k: None
+        if self.amp:
+            learn.to_bf16() if cfg.amp_dtype == "bf16" else learn.to_fp16()
+        if self.device.type == "cuda":
+            from fastai.callback.channelslast import ChannelsLast
+
+            learn.add_cb(ChannelsLast())
+        if self.world > 1:
+            from training.distributed import DDPCallback
+
+            learn.add_cb(DDPCallback(self.device))
+        return learn, callback
 
     # --- resume state -----------------------------------------------------------------------------
 
-    def _save_state(
-        self, epoch: int, step: int, best: float, best_epoch: int, history: list[dict[str, Any]]
-    ) -> None:
+    def save_state(self, epoch: int, step: int, cb: RunCallback) -> None:
+        if self.rank != 0:
+            return
         state = {
             "epoch": epoch,
             "step": step,
-            "best": best,
-            "best_epoch": best_epoch,
+            "best": cb.best,
+            "best_epoch": cb.best_epoch,
             "digest": self.config.digest(),
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
-            "scaler": self.scaler.state_dict(),
+            "optimizer": _plain(cb.learn.opt.state_dict()),
             "torch_rng": torch.get_rng_state(),
-            "history": [{k: v for k, v in h.items() if isinstance(v, (int, float, str))} for h in history],
+            "train_seconds": cb.train_seconds,
+            "images_seen": cb.images_seen,
+            "history": [{k: v for k, v in h.items() if isinstance(v, (int, float, str))} for h in cb.history],
         }
         tmp = self.run / (STATE + ".tmp")
         torch.save(state, tmp)
@@ -221,163 +484,72 @@ class Trainer:
                 "preset/--config/--set options, or start a new --out"
             )
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
         return state
 
-    # --- the loop ---------------------------------------------------------------------------------
-
-    def _phase(self, epoch: int) -> tuple[int, int, bool]:
-        """(first epoch, number of epochs, frozen) of the schedule phase that ``epoch`` is in."""
-        f = self.config.freeze_epochs
-        return (0, f, True) if epoch < f else (f, self.config.epochs, False)
-
-    def _validate(self, loss_fn: nn.Module) -> dict[str, float]:
-        if self.val_set is None or not self.val_rows:
-            return {}
-        self.model.eval()
-        scores, kept, losses = [], [], []
-        with torch.inference_mode():
-            for batch in loader(
-                self.val_set, plain_batches(self.val_rows, self.config.batch_size * 2), self.config.workers
-            ):
-                b = {k: v.to(self.device) for k, v in batch.items()}
-                with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-                    out = self.task.forward(self.model, b)
-                    losses.append(float(loss_fn(*self.task.loss_inputs(out, b)).float()) * len(batch["row"]))
-                scores.append(self.task.score(out))
-                keys = getattr(self.task, "validation_keys", ("label", "mask"))
-                kept.append({k: batch[k] for k in keys if k in batch})
-        values = self.task.validation_metrics(scores, kept)
-        values["val_loss"] = sum(losses) / max(1, len(self.val_rows))
-        return values
+    # --- fit --------------------------------------------------------------------------------------
 
     def fit(self, resume: bool = False) -> FitResult:
         cfg = self.config
         self.run.mkdir(parents=True, exist_ok=True)
         self.model.to(self.device)
-        if self.device.type == "cuda":
-            self.model.to(memory_format=torch.channels_last)
-        labels = self.train_set.grids.labels
-        pos = int(labels[list(self.train_rows)].sum())
-        pos_weight = (len(self.train_rows) - pos) / max(1, pos) if cfg.balance == "pos_weight" else None
-        loss_fn = build_loss(cfg, pos_weight).to(self.device)
         for term in self.extra_terms:  # terms that need something of the data say so before training starts
             check = getattr(term.term, "check_data", None)
             if check is not None:
                 check(self.train_set.grids, self.train_rows)
-        self.optimizer = build_optimizer(cfg, self.model)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
-        self.scheduler: Any = None
-        fraction = (
-            cfg.positive_fraction if cfg.balance == "sampler" and self.task.role != "segmenter" else None
-        )
-        steps_per_epoch = len(EpochBatches(list(self.train_rows), cfg.batch_size))
-        start_epoch, start_step, best, best_epoch = 0, 0, -math.inf, -1
-        history: list[dict[str, Any]] = []
-        state: dict[str, Any] | None = None
-        if resume and (self.run / STATE).exists():
-            state = self._load_state()
-            start_epoch, start_step = int(state["epoch"]), int(state["step"])
-            best, best_epoch = float(state["best"]), int(state["best_epoch"])
-            history = list(state["history"])
-            logger.info("resuming %s at epoch %d, batch %d", self.run, start_epoch + 1, start_step)
-        logs = _Logs(self.run)
-        t_start, images_seen, train_seconds = time.perf_counter(), 0, 0.0
-        last_save = time.monotonic()
-        epoch, step = start_epoch, start_step
-        self._stop_requested = False
+        state = self._load_state() if resume and (self.run / STATE).exists() else None
+        learn, cb = self.learner()
+        if state is not None:
+            cb.start_epoch, cb.start_step = int(state["epoch"]), int(state["step"])
+            cb.best, cb.best_epoch = float(state["best"]), int(state["best_epoch"])
+            cb.history = list(state["history"])
+            cb.train_seconds, cb.images_seen = float(state["train_seconds"]), int(state["images_seen"])
+            logger.info("resuming %s at epoch %d, batch %d", self.run, cb.start_epoch + 1, cb.start_step)
+        t_start = time.perf_counter()
+        self.stop_requested = False
         previous = self._catch_signals()
+        phases = [(0, cfg.freeze_epochs, True), (cfg.freeze_epochs, cfg.epochs, False)]
         try:
-            for epoch in range(start_epoch, cfg.total_epochs):
-                first, length, frozen = self._phase(epoch)
-                if self.scheduler is None or epoch == first:
-                    self.scheduler = one_cycle(cfg, self.optimizer, length * steps_per_epoch)
-                    resumed_in_phase = epoch == start_epoch and (epoch != first or start_step > 0)
-                    if state is not None and resumed_in_phase and state["scheduler"]:
-                        self.scheduler.load_state_dict(state["scheduler"])
-                        # the optimizer's lr/β1 of the saved step (OneCycleLR's constructor reset them)
-                        self.optimizer.load_state_dict(state["optimizer"])
-                _set_frozen(self.task, self.model, frozen)
-                self.train_set.set_epoch(epoch)
-                order = epoch_order(self.train_rows, labels, cfg.seed, epoch, fraction)
-                start = start_step if epoch == start_epoch else 0
-                batches = EpochBatches(order, cfg.batch_size, start)
-                self.model.train()
-                sums: dict[str, float] = {}
-                n_batches, t_epoch, n_images = 0, time.perf_counter(), 0
-                bar = _Bar(
-                    self.progress,
-                    f"{self.task.role} epoch {epoch + 1}/{cfg.total_epochs}",
-                    len(batches.batches),
-                    start,
+            for first, length, frozen in phases:
+                if length == 0 or cb.start_epoch >= first + length:
+                    continue
+                learn.create_opt()
+                learn.freeze() if frozen else learn.unfreeze()
+                skip = max(0, cb.start_epoch - first)
+                if state is not None and (skip or (cb.start_epoch == first and cb.start_step)):
+                    saved = state["optimizer"]
+                    learn.opt.load_state_dict({"state": saved["state"], "hypers": L(saved["hypers"])})
+                cb.offset, cb.frozen = first, frozen
+                learn.fit_one_cycle(
+                    length,
+                    lr_max=cfg.lr,
+                    div=cfg.div_factor,
+                    div_final=cfg.final_div_factor,
+                    pct_start=cfg.pct_start,
+                    start_epoch=skip,
                 )
-                with bar:
-                    for step, batch in enumerate(loader(self.train_set, batches, cfg.workers), start=start):
-                        logs_step = self._train_step(batch, loss_fn)
-                        for k, v in logs_step.items():
-                            sums[k] = sums.get(k, 0.0) + v
-                        n_batches += 1
-                        n_images += len(batch["row"])
-                        global_step = epoch * steps_per_epoch + step
-                        for k, v in logs_step.items():
-                            logs.scalar(f"train/{k}", v, global_step)
-                        logs.scalar("train/lr", self.optimizer.param_groups[0]["lr"], global_step)
-                        rate = n_images / max(1e-9, time.perf_counter() - t_epoch)
-                        bar.advance(f"loss {sums['loss'] / n_batches:.4f}  {rate:.1f} img/s")
-                        step += 1
-                        for hook in self.hooks:
-                            hook(self, epoch, step)
-                        if self._stop_requested:
-                            raise KeyboardInterrupt
-                        if time.monotonic() - last_save > 60 * cfg.checkpoint_minutes:
-                            self._save_state(epoch, step, best, best_epoch, history)
-                            last_save = time.monotonic()
-                seconds = time.perf_counter() - t_epoch
-                train_seconds += seconds
-                images_seen += n_images
-                values = self._validate(loss_fn)
-                metric = values.get(self.task.metric, float("nan"))
-                row: dict[str, Any] = {
-                    "epoch": epoch + 1,
-                    "frozen": int(frozen),
-                    "train_loss": sums.get("loss", float("nan")) / max(1, n_batches),
-                    **{k: v for k, v in values.items()},
-                    "lr": self.optimizer.param_groups[0]["lr"],
-                    "images_per_s": n_images / max(1e-9, seconds),
-                    "seconds": seconds,
-                    **{f"train_{k}": v / max(1, n_batches) for k, v in sums.items() if k != "loss"},
-                }
-                history.append(row)
-                logs.epoch(row, (epoch + 1) * steps_per_epoch)
-                logger.info(
-                    "epoch %d/%d: %s",
-                    epoch + 1,
-                    cfg.total_epochs,
-                    ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)),
-                )
-                score = metric if math.isfinite(metric) else -values.get("val_loss", row["train_loss"])
-                if score > best or best_epoch < 0:
-                    best, best_epoch = score, epoch + 1
-                    _atomic_save_weights(self.model, self.run / BEST, {"epoch": str(epoch + 1)})
-                step = 0
-                self._save_state(epoch + 1, 0, best, best_epoch, history)
-                last_save = time.monotonic()
-        except KeyboardInterrupt:
-            self._save_state(epoch, step, best, best_epoch, history)
-            logs.close()
-            raise Interrupted(epoch, step) from None
+        except (KeyboardInterrupt, _Stop):
+            if cb.logs is not None:
+                cb.logs.close()
+            epoch = cb.global_epoch
+            raise Interrupted(epoch, getattr(cb, "step", 0)) from None
         finally:
             self._restore_signals(previous)
-        logs.close()
-        if self.val_set is None or not self.val_rows:  # no validation: the last weights are the best
+        if cb.logs is not None:
+            cb.logs.close()
+        if not self.val_rows and self.rank == 0:  # no validation: the last weights are the best
             _atomic_save_weights(self.model, self.run / BEST, {"epoch": str(cfg.total_epochs)})
-            best_epoch = cfg.total_epochs
-        (self.run / STATE).unlink(missing_ok=True)
+            cb.best_epoch = cfg.total_epochs
+        if self.rank == 0:
+            (self.run / STATE).unlink(missing_ok=True)
         total = time.perf_counter() - t_start
         return FitResult(
-            best, best_epoch, cfg.total_epochs, total, images_seen / max(1e-9, train_seconds), history
+            cb.best,
+            cb.best_epoch,
+            cfg.total_epochs,
+            total,
+            cb.images_seen / max(1e-9, cb.train_seconds),
+            cb.history,
         )
 
     def _catch_signals(self) -> dict[int, Any]:
@@ -386,9 +558,9 @@ class Trainer:
             return {}
 
         def request(signum: int, frame: Any) -> None:
-            if self._stop_requested and signum == signal.SIGINT:
+            if self.stop_requested and signum == signal.SIGINT:
                 raise KeyboardInterrupt
-            self._stop_requested = True
+            self.stop_requested = True
             logger.warning("stopping after this batch; the run can be resumed with --resume")
 
         return {sig: signal.signal(sig, request) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -398,56 +570,8 @@ class Trainer:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
-    def _train_step(self, batch: Batch, loss_fn: nn.Module) -> dict[str, float]:
-        b = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-        if self.device.type == "cuda":
-            b["image"] = b["image"].contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-            out = self.task.forward(self.model, b)
-            loss = loss_fn(*self.task.loss_inputs(out, b))
-            logs = {"main_loss": float(loss.detach())} if self.extra_terms else {}
-            for term in self.extra_terms:
-                value, term_logs = term(self.model, b, out)
-                loss = loss + value
-                logs.update(term_logs)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        logs["loss"] = float(loss.detach())
-        if not np.isfinite(logs["loss"]):
-            raise FloatingPointError(f"the loss became {logs['loss']}; lower the learning rate (--lr)")
-        return logs
 
-
-class _Bar:
-    """A rich progress bar for one epoch (or nothing when ``enabled`` is False)."""
-
-    def __init__(self, enabled: bool, title: str, total: int, start: int) -> None:
-        self.enabled = enabled
-        if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.progress = Progress(
-                TextColumn(title),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[info]}"),
-                TimeRemainingColumn(),
-                transient=False,
-            )
-            self.task = self.progress.add_task(title, total=total, completed=start, info="")
-
-    def __enter__(self) -> _Bar:
-        if self.enabled:
-            self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            self.progress.stop()
-
-    def advance(self, info: str) -> None:
-        if self.enabled:
-            self.progress.update(self.task, advance=1, info=info)
+def _rest(net: nn.Module, encoder: nn.Module) -> list[nn.Parameter]:
+    """The parameters of ``net`` outside ``encoder`` (the head / decoder: fastai's last param group)."""
+    inside = {id(p) for p in encoder.parameters()}
+    return [p for p in net.parameters() if id(p) not in inside]

@@ -17,7 +17,12 @@ import torch
 from safetensors.torch import load_file
 
 from training.engine import pick_device
-from training.models import ClassifierForExport, SaliencyForExport, SegmenterForExport, build_model
+from training.models import (
+    ClassifierForExport,
+    SegmenterForExport,
+    build_model,
+    saliency_for_export,
+)
 from training.run_format import RunCard, read_run_card
 from training.torch_backend import TorchModel
 from triage.bundle import Bundle, ModelSpec, Normalization, Thresholds
@@ -116,11 +121,9 @@ def from_runs(runs: list[Path], device: str = "auto") -> Cascade:
     label = " + ".join(f"{card.role} run {run}" for run, card in cards.values())
     models = TorchCascadeModels(bundle, cls_model, seg_model)
     if saliency is not None:
-        from training.saliency.export import load_saliency_run
-
-        module, card = load_saliency_run(saliency[0])
-        activation = str(card.provenance.get("map_activation", "sigmoid"))
-        models.saliency = TorchModel(SaliencyForExport(module.to(dev), activation),  # type: ignore[arg-type]
+        card = saliency[1]
+        module = _load(*saliency, dev)
+        models.saliency = TorchModel(saliency_for_export(module, card.provenance),  # type: ignore[arg-type]
                                      ["map", "logit"], str(dev))
         provenance["saliency"] = {"run": str(saliency[0]), **card.provenance}
         label += f" + saliency run {saliency[0]}"

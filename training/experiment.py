@@ -19,7 +19,6 @@ import json
 import logging
 import resource
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,15 +26,15 @@ from typing import Any
 import numpy as np
 
 from training.config import TrainConfig, resolve
+from training.heldout import test_reports
 from training.run import RunRequest, fold_runs, train
 from training.thresholds import CascadeOOF, choose, load_oof, write_thresholds
 from triage.bundle import Thresholds
 from triage.cascade.postprocess import triplet_mask
-from triage.evaluation.context import EvalOptions
 from triage.evaluation.search import SearchGrid, search
 
 logger = logging.getLogger(__name__)
-ROWS = ("argmax", "threshold", "TTA", "TTA + triplet")
+ROWS = ("argmax", "threshold", "TTA + argmax", "TTA", "TTA + triplet")
 NO_GATE = "none"
 ROLES = ("classifier", "segmenter", "baseline")  # the cascade's stages and the baseline (not saliency)
 
@@ -95,7 +94,7 @@ ARGMAX = {"gate": 0.5, "top": 0.5, "min_area": 0, "bottom": 0.5, "min_component"
 
 def _row_thresholds(row: str, fit: CascadeOOF, gate_kind: str) -> dict[str, Any]:
     """Thresholds for ``row`` chosen on ``fit`` (other folds); gate_kind: model | none | oracle."""
-    if row == "argmax":
+    if row in ("argmax", "TTA + argmax"):
         return dict(ARGMAX)
     tta = row != "threshold"
     grid = (
@@ -152,8 +151,21 @@ def _aucs(oof: CascadeOOF) -> dict[str, dict[str, float]]:
     return {k: _ms(v) for k, v in per.items()}
 
 
-def table(out: Path) -> dict[str, Any]:
-    """Table 5.1's structure from the three CV folders, plus the contribution table; writes table.json/md."""
+def _strata(data: Path | None, ids: list[str]) -> list[dict[str, str]] | None:
+    """The data set's metadata.csv rows for ``ids`` (None without one)."""
+    if data is None or not (data / "metadata.csv").is_file():
+        return None
+    from triage.synth.dataset import read_metadata
+
+    rows = {r["image_id"]: r for r in read_metadata(data)}
+    return [rows.get(i, {}) for i in ids]
+
+
+def table(out: Path, data: Path | None = None) -> dict[str, Any]:
+    """Table 5.1's structure from the three CV folders, plus the contribution table; writes table.json/md.
+
+    With ``data`` (its metadata.csv), the classifier's out-of-fold AUC comes with the drain confound's
+    figures (:mod:`triage.evaluation.confound`)."""
     cascade = load_oof(out / "segmenter", out / "classifier")
     baseline = load_oof(out / "baseline", out / "classifier")
     results: dict[str, Any] = {
@@ -191,6 +203,11 @@ def table(out: Path) -> dict[str, Any]:
     ]
     results["empty_prediction_dice_per_image"] = _ms(empty)
     results["classifier_auc"] = _aucs(cascade)
+    strata = _strata(data, cascade.ids)
+    if strata is not None:
+        from triage.evaluation.confound import drain_report
+
+        results["classifier_drain"] = drain_report(cascade.prob_tta, cascade.labels, strata)
     (out / "table.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     (out / "table.md").write_text(table_markdown(results), encoding="utf-8")
     return results
@@ -215,7 +232,8 @@ def table_markdown(r: dict[str, Any]) -> str:
     auc = r["classifier_auc"]
     lines += [
         "",
-        f"Classifier alone: AUC {_fmt(auc['no TTA'])} (no TTA), {_fmt(auc['TTA'])} (TTA).",
+        f"Classifier alone: AUC {_fmt(auc['no TTA'])} (no TTA), {_fmt(auc['TTA'])} (TTA)."
+        + _drain_sentence(r.get("classifier_drain")),
         f"Predicting an empty mask for every image scores Dice per image "
         f"{_fmt(r['empty_prediction_dice_per_image'])} (the share of negative images).",
         "",
@@ -231,97 +249,14 @@ def table_markdown(r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-STRATA_KEYS = ("size_stratum", "drain", "view", "photometric")
-
-
-def test_reports(
-    out: Path, test: Path, cache: Path | None, on_report: Callable[[str], None] | None = None
-) -> dict[str, Any]:
-    """Evaluate each fold's cascade and baseline on ``test``; per-stratum mean ± std over the fold models."""
-    from training.eval_models import from_runs
-    from triage.evaluation.report import evaluate
-
-    per: dict[str, list[dict[str, Any]]] = {"cascade": [], "baseline": []}
-    cls_runs, seg_runs, base_runs = (fold_runs(out / r) for r in ROLES)
-    for k, (c, s, b) in enumerate(zip(cls_runs, seg_runs, base_runs, strict=True)):
-        for name, runs in (("cascade", [c, s]), ("baseline", [b])):
-            target = out / "test" / f"{name}-fold-{k}"
-            done = target / "report.json"
-            if not done.is_file():
-                if on_report:
-                    on_report(f"{name} fold {k}")
-                options = EvalOptions(bootstrap=200 if k == 0 else 0, overlays=4 if k == 0 else 0)
-                sections = (
-                    ("summary", "strata", "roc", "thresholds", "overlays")
-                    if k == 0
-                    else ("summary", "strata")
-                )
-                evaluate(from_runs(runs), test, target, options=options, sections=sections, cache_dir=cache)
-            per[name].append(json.loads(done.read_text(encoding="utf-8")))
-    summary: dict[str, Any] = {}
-    for name, reports in per.items():
-        entry: dict[str, Any] = {}
-        s0 = [r["sections"]["summary"] for r in reports]
-        gate = "model" if name == "cascade" else "none"
-        entry["dice_per_image"] = _ms([s["segmentation"][gate]["dice_per_image"] for s in s0])
-        entry["dice"] = _ms([s["segmentation"][gate]["dice"] for s in s0])
-        entry["iou"] = _ms([s["segmentation"][gate]["iou"] for s in s0])
-        if name == "cascade":
-            entry["auc"] = _ms([s["classifier"]["auc"] for s in s0])
-            entry["sensitivity"] = _ms([s["classifier"]["sensitivity"] for s in s0])
-            entry["specificity"] = _ms([s["classifier"]["specificity"] for s in s0])
-        strata: dict[str, Any] = {}
-        for key in STRATA_KEYS:
-            blocks = [r["sections"]["strata"].get(key, {}) for r in reports]
-            for value in sorted(set().union(*[set(b) for b in blocks])):
-                rows = [b[value] for b in blocks if value in b]
-                cell: dict[str, Any] = {"images": rows[0]["images"], "positives": rows[0]["positives"]}
-                for metric in ("auc", "sensitivity", "dice_per_image"):
-                    vals = [x[metric] for x in rows if x.get(metric) is not None]
-                    if vals:
-                        cell[metric] = _ms(vals)
-                strata.setdefault(key, {})[value] = cell
-        entry["strata"] = strata
-        summary[name] = entry
-    (out / "test.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    (out / "test.md").write_text(test_markdown(summary, test), encoding="utf-8")
-    return summary
-
-
-def test_markdown(s: dict[str, Any], test: Path) -> str:
-    c, b = s["cascade"], s["baseline"]
-    lines = [
-        f"Held-out test set `{test}`: each fold's models, mean ± std over the 5 fold models; thresholds from "
-        "the run cards (chosen on all out-of-fold predictions); TTA on.",
-        "",
-        "| | AUC | sensitivity | specificity | Dice/image | Dice | IoU |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-        f"| cascade | {_fmt(c['auc'])} | {_fmt(c['sensitivity'])} | {_fmt(c['specificity'])} | "
-        f"{_fmt(c['dice_per_image'])} | {_fmt(c['dice'])} | {_fmt(c['iou'])} |",
-        f"| baseline | – | – | – | {_fmt(b['dice_per_image'])} | {_fmt(b['dice'])} | {_fmt(b['iou'])} |",
-        "",
-    ]
-    for key in STRATA_KEYS:
-        if key not in c["strata"]:
-            continue
-        lines += [
-            f"**{key}**",
-            "",
-            "| value | images | positives | classifier AUC | sensitivity | cascade Dice/image "
-            "| baseline Dice/image |",
-            "|---|---:|---:|---:|---:|---:|---:|",
-        ]
-        for value, cell in c["strata"][key].items():
-            base = b["strata"].get(key, {}).get(value, {})
-            lines.append(
-                f"| {value} | {cell['images']} | {cell['positives']} | "
-                f"{_fmt(cell['auc']) if 'auc' in cell else '–'} | "
-                f"{_fmt(cell['sensitivity']) if 'sensitivity' in cell else '–'} | "
-                f"{_fmt(cell['dice_per_image'])} | "
-                f"{_fmt(base['dice_per_image']) if 'dice_per_image' in base else '–'} |"
-            )
-        lines.append("")
-    return "\n".join(lines)
+def _drain_sentence(d: dict[str, Any] | None) -> str:
+    if not d:
+        return ""
+    sizes = ", ".join(f"{k} {v['auc']:.3f}" for k, v in d["drain_free_by_size"].items())
+    return (
+        f" Out of fold, pooled over folds (TTA): drain-free AUC {d['drain_free_auc']:.3f} ({sizes}), "
+        f"with a drain {d['with_drain_auc']:.3f}; the drain alone would score {d['drain_only_auc']:.3f}."
+    )
 
 
 def _usage() -> dict[str, float]:
@@ -329,23 +264,95 @@ def _usage() -> dict[str, float]:
     return {"cpu_s": me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime}
 
 
-def run(
-    data: Path,
-    out: Path,
-    test: Path | None,
-    preset: str,
-    folds: int,
-    overrides: list[str],
-    cache: Path | None,
-    progress: bool = True,
+PAIRS = (
+    ("cascade", "baseline", "cascade − baseline U-Net"),
+    ("cascade", "no gate", "cascade − positive-only U-Net without gate (the gate's own contribution)"),
+    ("oracle gate", "no gate", "oracle gate − no gate (what a perfect gate would add)"),
+)
+
+
+def seeds_of(overrides: list[str]) -> tuple[list[int | None], list[str]]:
+    """``seed=0,1,2`` among the overrides (for every role) → one cross-validation per seed."""
+    seeds: list[int | None] = [None]
+    rest = []
+    for pair in overrides:
+        key, _, value = pair.partition("=")
+        if key.strip() == "seed" and "," in value:
+            try:
+                seeds = [int(v) for v in value.split(",") if v.strip()]
+            except ValueError:
+                raise ValueError(f"--set seed=LIST expects integers, got {value!r}") from None
+        else:
+            rest.append(pair)
+    return seeds, rest
+
+
+def compare_arms(dirs: list[Path], rows: tuple[str, ...] = ("TTA", "TTA + triplet")) -> dict[str, Any]:
+    """Paired per-image comparisons of the arms over the seeds' CV folders (:mod:`training.paired`)."""
+    from training.paired import nested_dice, paired_difference, verdict
+
+    out: dict[str, Any] = {"seeds": [d.name for d in dirs], "rows": {}}
+    for row in rows:
+        arms: dict[str, list[dict[str, float]]] = {
+            "cascade": [],
+            "baseline": [],
+            "no gate": [],
+            "oracle gate": [],
+        }
+        for d in dirs:
+            cascade = load_oof(d / "segmenter", d / "classifier")
+            baseline = load_oof(d / "baseline", d / "classifier")
+            for name, oof, kind in (
+                ("cascade", cascade, "model"),
+                ("baseline", baseline, NO_GATE),
+                ("no gate", cascade, NO_GATE),
+                ("oracle gate", cascade, "oracle"),
+            ):
+                arms[name].append(nested_dice(oof, row, kind, _row_thresholds, _gate, _thresholds))
+        block: dict[str, Any] = {
+            "dice_per_image": {n: _ms([float(np.mean(list(m.values()))) for m in v]) for n, v in arms.items()}
+        }
+        for a, b, label in PAIRS:
+            diff = paired_difference(arms[a], arms[b])
+            block[label] = {**diff, "verdict": verdict(diff)}
+        out["rows"][row] = block
+    return out
+
+
+def paired_markdown(p: dict[str, Any]) -> str:
+    lines = [
+        f"Seeds: {', '.join(p['seeds'])}. Dice per image out of fold, thresholds chosen on the other folds; "
+        "differences per image (Dice averaged over seeds), 95 % percentile bootstrap over images.",
+        "",
+    ]
+    for row, block in p["rows"].items():
+        arms = ", ".join(f"{n} {_fmt(v)}" for n, v in block["dice_per_image"].items())
+        lines += [
+            f"**{row}** — Dice/image (mean ± std over seeds): {arms}",
+            "",
+            "| comparison | mean difference | 95 % CI | per seed | finding |",
+            "|---|---:|---:|---|---|",
+        ]
+        for _, _, label in PAIRS:
+            d = block[label]
+            seeds = ", ".join(f"{x:+.3f}" for x in d["per_seed"])
+            lines.append(
+                f"| {label} | {d['mean']:+.3f} | [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] | {seeds} | "
+                f"{d['verdict']} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def cross_validate(
+    data: Path, out: Path, cfgs: dict[str, TrainConfig], folds: int, cache: Path | None, progress: bool
 ) -> dict[str, Any]:
-    t0, cpu0 = time.perf_counter(), _usage()["cpu_s"]
-    cfgs = configs(preset, overrides)
+    """Steps 1-3 for one set of configs (one seed) into ``out``; returns the table and the timings."""
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, Any] = {}
     for role in ROLES:
         t = time.perf_counter()
-        logger.info("cross-validating the %s (%d folds)", role, folds)
+        logger.info("cross-validating the %s (%d folds) into %s", role, folds, out)
         train(
             cfgs[role],
             RunRequest(data, out / role, folds, "all", resume=True, cache_dir=cache, progress=progress),
@@ -370,16 +377,56 @@ def run(
     }
     write_thresholds(base_block, [], fold_runs(out / "baseline"))
     t = time.perf_counter()
-    results = table(out)
+    results = table(out, data)
     timings["table"] = round(time.perf_counter() - t, 1)
-    summary: dict[str, Any] = {"table": results, "thresholds": {"cascade": block, "baseline": base_block}}
+    return {"table": results, "thresholds": {"cascade": block, "baseline": base_block}, "timings": timings}
+
+
+def run(
+    data: Path,
+    out: Path,
+    test: Path | None,
+    preset: str,
+    folds: int,
+    overrides: list[str],
+    cache: Path | None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The whole experiment; ``--set seed=0,1,2`` runs one cross-validation per seed (OUT/seed-S/) on the
+    same folds and adds the paired comparisons over the seeds (OUT/paired.json, OUT/paired.md)."""
+    t0, cpu0 = time.perf_counter(), _usage()["cpu_s"]
+    seeds, rest = seeds_of(overrides)
+    out.mkdir(parents=True, exist_ok=True)
+    dirs = [out if s is None or len(seeds) == 1 else out / f"seed-{s}" for s in seeds]
+    summary: dict[str, Any] = {"seeds": seeds, "runs": {}}
+    cfgs: dict[str, TrainConfig] = {}
+    for seed, d in zip(seeds, dirs, strict=True):
+        cfgs = configs(preset, rest + ([f"seed={seed}"] if seed is not None else []))
+        summary["runs"][d.name] = cross_validate(data, d, cfgs, folds, cache, progress)
+        if len(dirs) == 1:
+            summary |= summary.pop("runs")[d.name]
+    t = time.perf_counter()
+    paired = compare_arms(dirs)
+    (out / "paired.json").write_text(json.dumps(paired, indent=2) + "\n", encoding="utf-8")
+    (out / "paired.md").write_text(paired_markdown(paired), encoding="utf-8")
+    summary["paired"] = paired
+    if len(dirs) > 1:  # one table per seed, under one heading each
+        for name in ("table.md",):
+            parts = [f"### {d.name}\n\n" + (d / name).read_text(encoding="utf-8") for d in dirs]
+            (out / name).write_text("\n".join(parts), encoding="utf-8")
+    timings: dict[str, Any] = {"paired": round(time.perf_counter() - t, 1)}
     if test is not None:
         t = time.perf_counter()
-        summary["test"] = test_reports(out, test, cache)
+        summary["test"] = {d.name: test_reports(d, test, cache) for d in dirs}
+        if len(dirs) == 1:
+            summary["test"] = summary["test"][dirs[0].name]
+        else:
+            parts = [f"### {d.name}\n\n" + (d / "test.md").read_text(encoding="utf-8") for d in dirs]
+            (out / "test.md").write_text("\n".join(parts), encoding="utf-8")
         timings["test"] = round(time.perf_counter() - t, 1)
     timings["wall_s_this_invocation"] = round(time.perf_counter() - t0, 1)
     timings["cpu_s_this_invocation"] = round(_usage()["cpu_s"] - cpu0, 1)
-    summary["timings"] = timings
+    summary["timings"] = {**summary.get("timings", {}), **timings}
     summary["configs"] = {role: cfg.to_dict() for role, cfg in cfgs.items()}
     (out / "experiment.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
     return summary

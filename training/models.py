@@ -274,7 +274,7 @@ MAP_ACTIVATIONS: tuple[MapActivation, ...] = ("sigmoid", "spatial_softmax")
 
 class SaliencyForExport(nn.Module):
     """(image) → (map (N, 1, H, W) in [0, 1], logit (N, 1)): the saliency graph the runtime runs
-    (bundle role ``saliency``, outputs ``{"map": "saliency", "logit": "logit"}``).
+    (bundle role ``saliency``, outputs ``{"map": "map", "logit": "logit"}``).
 
     ``map_activation``: ``sigmoid`` for decoders trained with BCE or MSE (the map is a probability);
     ``spatial_softmax`` for decoders trained with KL (the logits are a log-density over pixels), exported
@@ -294,3 +294,16 @@ class SaliencyForExport(nn.Module):
             return torch.sigmoid(maps), logit
         peak = maps.flatten(1).amax(dim=1).view(-1, 1, 1, 1)
         return torch.exp(maps - peak), logit
+
+
+def saliency_for_export(model: SaliencyNet, provenance: dict[str, Any]) -> SaliencyForExport:
+    """The export wrapper of a saliency run, with the ``map_activation`` its run card records
+    (:func:`training.saliency.train.map_activation`; ``sigmoid`` for runs trained before it was recorded).
+    The one place that reads it: ``triage export``, ``triage export-saliency`` and ``triage evaluate``
+    on runs all call this. ValueError for an unknown activation."""
+    activation = provenance.get("map_activation", "sigmoid")
+    if activation not in MAP_ACTIVATIONS:
+        raise ValueError(
+            f"the run card's map_activation is {activation!r}; valid: {', '.join(MAP_ACTIVATIONS)}"
+        )
+    return SaliencyForExport(model, activation).eval()

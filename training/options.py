@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 import typer
 
-Preset = Literal["seed", "small", "tiny"]
+Preset = Literal["seed", "cpu", "small", "tiny"]
 TrainDevice = Literal["auto", "cpu", "cuda"]
 
 DataSet = Annotated[

@@ -8,6 +8,7 @@ training starts; training refuses to start while there are problems unless they 
 from __future__ import annotations
 
 import csv
+import hashlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -136,11 +137,37 @@ def split(prep: Prepared, role: str, folds: dict[str, int] | None, fold: int | N
             f"fold {fold} of {k} is empty ({len(held)} held-out, {len(rest)} training images); "
             "use fewer folds"
         )
-    train = [i for i in rest if g.labels[i] or not positives_only]
-    val = [i for i in held if g.labels[i] or not positives_only]
+    mine = [i for i in rest if g.labels[i] or not positives_only]
+    inner = set(inner_validation(g, mine, fold))
+    train = [i for i in mine if i not in inner]
+    val = [i for i in mine if i in inner]
     if positives_only and (not train or not val):
         raise DataError(
             f"fold {fold} of {k} has {len(train)} positive training and {len(val)} positive validation "
             "images; the segmenter needs both: use fewer folds or more positive images"
         )
     return Split(train, val, held)
+
+
+INNER_FRACTION = 0.15
+
+
+def inner_validation(g: GridSet, rows: list[int], fold: int, fraction: float = INNER_FRACTION) -> list[int]:
+    """The inner validation rows (epoch selection) drawn from a fold's *training* rows: about ``fraction``
+    of the positive and of the negative images, whole patients at a time, in an order fixed by a hash of
+    the patient and the fold. The held-out fold is never used to choose the epoch it is scored with."""
+    by_patient: dict[str, list[int]] = {}
+    for i in rows:
+        by_patient.setdefault(g.patients[i], []).append(i)
+    order = sorted(by_patient, key=lambda p: hashlib.sha256(f"{fold}:{p}".encode()).hexdigest())
+    chosen: list[int] = []
+    for positive in (True, False):
+        group = [p for p in order if any(bool(g.labels[i]) for i in by_patient[p]) == positive]
+        want = max(1, round(fraction * sum(len(by_patient[p]) for p in group))) if group else 0
+        taken = 0
+        for p in group[:-1] if len(group) > 1 else []:  # leave at least one patient to train on
+            if taken >= want:
+                break
+            chosen += by_patient[p]
+            taken += len(by_patient[p])
+    return sorted(chosen)

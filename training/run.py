@@ -2,7 +2,9 @@
 
 Folder layout::
 
-    --fold K      OUT/ is one run trained on folds ≠ K and validated on fold K, with OUT/oof/
+    --fold K      OUT/ is one run trained on folds ≠ K, less an inner validation slice of them (15 %,
+                  whole patients: training/prepare.py) that chooses the epoch; fold K is only predicted,
+                  into OUT/oof/ (the epoch is never chosen on the fold that is scored)
     --fold all    OUT/fold-0 … OUT/fold-(k-1) (runs as above), OUT/cv.json
     --fold full   OUT/ is one run trained on every usable image (no validation, no OOF)
 
@@ -27,6 +29,7 @@ from typing import Any
 
 import torch
 
+from training import distributed
 from training.config import TrainConfig, write_config
 from training.data import GridDataset, model_spec
 from training.engine import STATE, FitResult, Hook, Trainer, pick_device
@@ -167,7 +170,8 @@ def train_one(
             logger.info("%s is finished; nothing to resume", run)
             return run
         raise DataError(f"{run} holds a finished run; choose another --out (or --resume to skip it)")
-    if run.exists() and any(run.iterdir()) and not req.resume:
+    # with several processes, rank 0 alone decides (the others may already see its files)
+    if run.exists() and any(run.iterdir()) and not req.resume and distributed.world()[0] == 0:
         raise DataError(f"{run} is not empty; pass --resume to continue that run, or choose another --out")
     prep = prep or prepare_for(config, req)
     check_problems(prep, req, run)
@@ -185,8 +189,10 @@ def train_one(
                 f"{run}: the data set or the folds changed since the run started; "
                 "resume needs the same --data, --folds and --fold"
             )
-    data_json.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    write_config(run / "config.yaml", config)
+    rank, size = distributed.world()
+    if rank == 0:  # with several processes, rank 0 writes the run folder's files
+        data_json.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        write_config(run / "config.yaml", config)
     spec = model_spec(config)
     torch.manual_seed(config.seed)
     model = build_model(config.arch)
@@ -200,10 +206,24 @@ def train_one(
     if fit_json.is_file() and not (run / STATE).exists():  # trained earlier; OOF or card were missing
         result = FitResult(**json.loads(fit_json.read_text(encoding="utf-8")))
     else:
+        distributed.setup(pick_device(config.device))
         trainer = Trainer(
-            config, task, model, train_set, sp.train, val_set, sp.val, run, progress=req.progress, hooks=hooks
+            config,
+            task,
+            model,
+            train_set,
+            sp.train,
+            val_set,
+            sp.val,
+            run,
+            progress=req.progress,
+            hooks=hooks,
+            rank=rank,
+            world=size,
         )
         result = trainer.fit(resume=req.resume)
+        if rank != 0:  # rank 0 writes the predictions, the card and the logs
+            return run
         fit_json.write_text(json.dumps(dataclasses.asdict(result)) + "\n", encoding="utf-8")
     checkpoint = "best.safetensors" if config.select == "best" else "last.safetensors"
     from safetensors.torch import load_file
@@ -296,7 +316,7 @@ def train(config: TrainConfig, req: RunRequest, hooks: Sequence[Hook] = ()) -> l
         return [train_one(config, req, req.out, None, hooks=hooks)]
     if fold != "all":
         return [train_one(config, req, req.out, int(fold), hooks=hooks)]
-    if req.out.exists() and any(req.out.iterdir()) and not req.resume:
+    if req.out.exists() and any(req.out.iterdir()) and not req.resume and distributed.world()[0] == 0:
         raise DataError(f"{req.out} is not empty; pass --resume to continue, or choose another --out")
     prep = prepare_for(config, req)
     check_problems(prep, req, req.out)
@@ -305,6 +325,8 @@ def train(config: TrainConfig, req: RunRequest, hooks: Sequence[Hook] = ()) -> l
     for k in range(req.folds):
         logger.info("fold %d of %d", k, req.folds)
         runs.append(train_one(config, req, req.out / f"fold-{k}", k, prep, folds, hooks))
+    if distributed.world()[0] != 0:
+        return runs
     summary = {
         "role": config.role,
         "folds": req.folds,

@@ -11,6 +11,7 @@ Card (format ``triage-bundle/1``)::
      "tta": ["none", "hflip"],
      "thresholds": {"gate": 0.5, "top": 0.75, "min_area": 200, "bottom": 0.3, "min_component": 25,
                     "grid": "model", "chosen_by": {"data": "...", "metric": "...", "value": 0.0}},
+     "adaptive_tta": {"gate_margin": 0.03, "chosen_by": {...}},   # optional: export/adaptive_tta.py
      "provenance": {...free-form: data, folds, epochs, git commit...},
      "content_hash": "sha256:..."}
 
@@ -19,7 +20,7 @@ Card (format ``triage-bundle/1``)::
              "normalization": {"kind": "meanstd", "mean": [0.5], "std": [0.25]} | {"kind": "minmax"},
              "outputs": {"logit": "logit", "cam": "cam"}}      # classifier
              "outputs": {"probability": "probability"}         # segmenter
-             "outputs": {"map": "saliency", "logit": "logit"}  # saliency model (logit optional)
+             "outputs": {"map": "map", "logit": "logit"}       # saliency model (logit optional)
              # optional, written by `triage export`:
              "precision": "fp32",                              # the name of this (base) variant
              "requires": {...}, "parity": {...},               # what it needs to run; export parity figures
@@ -97,6 +98,16 @@ class Thresholds:
 
 
 @dataclass(frozen=True)
+class AdaptiveTTA:
+    """Adaptive test-time augmentation (card key ``adaptive_tta``): the gate's other TTA passes run only on
+    images whose un-flipped probability lies within ``gate_margin`` of the gate threshold; ``chosen_by``
+    says on which validation predictions the margin was chosen (``python -m export.adaptive_tta``)."""
+
+    gate_margin: float
+    chosen_by: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Bundle:
     root: Path
     name: str
@@ -109,6 +120,7 @@ class Bundle:
     thresholds: Thresholds
     provenance: dict[str, Any]
     card: dict[str, Any]
+    adaptive_tta: AdaptiveTTA | None = None
 
     @property
     def label(self) -> str:
@@ -288,6 +300,14 @@ def load_bundle(root: Path, *, verify: bool = True) -> Bundle:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise _corrupt(f"thresholds are incomplete or malformed: {exc}") from exc
+    adaptive = None
+    if (raw := card.get("adaptive_tta")) is not None:
+        try:
+            adaptive = AdaptiveTTA(float(raw["gate_margin"]), dict(raw.get("chosen_by", {})))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise _corrupt(f"adaptive_tta is malformed (needs gate_margin ≥ 0): {exc}") from exc
+        if not adaptive.gate_margin >= 0:
+            raise _corrupt(f"adaptive_tta.gate_margin is {adaptive.gate_margin}; it must be ≥ 0")
     return Bundle(
         root=root,
         name=str(card.get("name", root.name)),
@@ -300,6 +320,7 @@ def load_bundle(root: Path, *, verify: bool = True) -> Bundle:
         thresholds=thresholds,
         provenance=dict(card.get("provenance", {})),
         card=card,
+        adaptive_tta=adaptive,
     )
 
 

@@ -24,7 +24,8 @@ Agreement with a target map (MIT saliency benchmark conventions; both maps divid
 
 Groups of models (the shortcut experiment): :func:`compare_groups` gives the two-sided Mann–Whitney U
 test (``scipy.stats.mannwhitneyu``) and two effect sizes: the common-language effect size
-CLES = U_a / (n_a·n_b) = P(a > b) + ½·P(a = b), and the rank-biserial correlation 2·CLES − 1.
+CLES = U_a / (n_a·n_b) = P(a > b) + ½·P(a = b), the rank-biserial correlation 2·CLES − 1 and Cohen's d
+(difference of means over the pooled SD; the source reports it beside CLES).
 
 Undefined values (a map with no mass, an empty region) are NaN rather than an exception, so that a batch
 of images can be averaged with ``np.nanmean``; wrong shapes or dtypes raise ValueError naming them.
@@ -233,6 +234,7 @@ class GroupComparison:
     p_value: float  # two-sided
     cles: float  # U / (n_a n_b) = P(a > b) + P(a = b)/2
     rank_biserial: float  # 2·CLES − 1, in [−1, 1]
+    cohen_d: float  # (mean a − mean b) / pooled SD; NaN with fewer than 2 values a group or zero spread
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -259,4 +261,16 @@ def compare_groups(a: ArrayLike, b: ArrayLike) -> GroupComparison:
         p_value=float(result.pvalue),
         cles=cles,
         rank_biserial=2.0 * cles - 1.0,
+        cohen_d=_cohen_d(xa, xb),
     )
+
+
+def _cohen_d(xa: FloatMap, xb: FloatMap) -> float:
+    """(mean a − mean b) / pooled SD (ddof 1), the source's second effect size."""
+    na, nb = len(xa), len(xb)
+    if na < 2 or nb < 2:
+        return float("nan")
+    pooled = ((na - 1) * xa.var(ddof=1) + (nb - 1) * xb.var(ddof=1)) / (na + nb - 2)
+    if pooled <= 0:
+        return float("nan")
+    return float((xa.mean() - xb.mean()) / np.sqrt(pooled))

@@ -30,6 +30,7 @@ def make_run(
     thresholds: dict[str, Any] | None = None,
     seed: int = 0,
     checkpoint: bool = True,
+    normalization: dict[str, Any] | None = None,
 ) -> Path:
     """Write a run folder with random weights for ``role`` (classifier, segmenter, baseline)."""
     spec = arch or (TINY_CLS if role == "classifier" else TINY_SEG)
@@ -47,7 +48,7 @@ def make_run(
         arch=spec,
         input_size=(size, size),
         channels=channels,
-        normalization=NORM,
+        normalization=normalization or NORM,
         thresholds=thresholds or {},
         provenance={"kind": "random init (test fixture)", "seed": seed},
     )
@@ -55,12 +56,15 @@ def make_run(
     return folder
 
 
-def make_pair(root: Path, *, gate: float = 0.5, triplet: bool = True) -> tuple[Path, Path]:
+def make_pair(
+    root: Path, *, gate: float = 0.5, triplet: bool = True, normalization: dict[str, Any] | None = None
+) -> tuple[Path, Path]:
     """A classifier run (with a gate threshold) and a segmenter run (with a triplet) under ``root``."""
     cls = make_run(
         root / "cls",
         "classifier",
         thresholds={"gate": gate, "chosen_by": {"data": "test", "metric": "none", "value": None}},
+        normalization=normalization,
     )
     seg_th = (
         {
@@ -73,5 +77,5 @@ def make_pair(root: Path, *, gate: float = 0.5, triplet: bool = True) -> tuple[P
         if triplet
         else {}
     )
-    seg = make_run(root / "seg", "segmenter", thresholds=seg_th, seed=1)
+    seg = make_run(root / "seg", "segmenter", thresholds=seg_th, seed=1, normalization=normalization)
     return cls, seg

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import export.pipeline as pipeline
+import export.steps as steps
 from export.errors import ExportError
 from export.pipeline import ExportOptions, export_bundle
 from tests.export.conftest import Exported
@@ -79,10 +79,10 @@ def test_parity_outside_tolerance_names_the_model_and_the_figure(
     tmp_path: Path, exported: Exported, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A graph that does not compute what the trained network computes (here: the reference side shifted)."""
-    real = pipeline._torch_models
+    real = steps.torch_models
 
-    def shifted(bundle, roles):  # type: ignore[no-untyped-def]
-        models = real(bundle, roles)
+    def shifted(bundle, runs):  # type: ignore[no-untyped-def]
+        models = real(bundle, runs)
         segmenter = models.segmenter
 
         class Shifted:
@@ -94,7 +94,7 @@ def test_parity_outside_tolerance_names_the_model_and_the_figure(
         models.segmenter = Shifted()  # type: ignore[assignment]
         return models
 
-    monkeypatch.setattr(pipeline, "_torch_models", shifted)
+    monkeypatch.setattr(steps, "torch_models", shifted)
     opts = ExportOptions(
         out=tmp_path / "b", validation=exported.validation, thresholds_file=exported.thresholds
     )

@@ -8,14 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import pytest
 from typer.testing import CliRunner
 
 from export.onnx_export import export_wrapper
-from export.pipeline import ExportOptions, export_bundle
 from export.runs import load_run
 from tests.export.conftest import Exported, synth_set
-from tests.export.runs import TINY_SEG, make_run
 from training.torch_backend import TorchModel
 from triage.bundle import file_sha256, load_bundle
 from triage.cascade.items import load_item
@@ -130,35 +127,3 @@ def test_cli_exports_and_predict_runs_the_bundle(exported: Exported, tmp_path: P
     assert pred.exit_code == 0, pred.output
     lines = (tmp_path / "pred" / "results.jsonl").read_text().splitlines()
     assert len(lines) == 12 and all(json.loads(line)["status"] == "ok" for line in lines)
-
-
-def test_saliency_run_is_exported_with_its_map(
-    exported: Exported, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A saliency run (here a tiny U-Net standing in for the saliency work's network, through the
-    `SaliencyForExport` hook of training.models) becomes `models.saliency` with a `map` output, checked."""
-    import torch
-
-    import training.models as tm
-
-    class SaliencyForExport(torch.nn.Module):
-        def __init__(self, model: torch.nn.Module) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.sigmoid(self.model(x))
-
-    monkeypatch.setattr(tm, "SaliencyForExport", SaliencyForExport, raising=False)
-    sal = make_run(tmp_path / "sal", "saliency", arch=TINY_SEG, seed=3)
-    out = tmp_path / "b"
-    card = export_bundle(
-        [*exported.runs, sal],
-        ExportOptions(
-            out=out, validation=exported.validation, thresholds_file=exported.thresholds, ort_optimize=True
-        ),
-    )
-    assert card["models"]["saliency"]["outputs"] == {"map": "map"}
-    assert card["models"]["saliency"]["parity"]["max_abs_diff"]["map"] <= 1e-3
-    b = load_bundle(out)
-    assert b.saliency is not None and CascadeModels(b, "cpu", 1).saliency is not None

@@ -31,7 +31,7 @@ def test_export_tensorrt_without_tensorrt_is_one_line(tmp_path: Path, exported: 
         out=tmp_path / "b", tensorrt=True, validation=exported.validation, thresholds_file=exported.thresholds
     )
     with pytest.raises(
-        ExportError, match=r"^--tensorrt: TensorRT is not installed; install the gpu extra"
+        ExportError, match=r"^--tensorrt: TensorRT is not installed; TensorRT 10 does not install from PyPI"
     ) as info:
         export_bundle(list(exported.runs), opts)
     assert "\n" not in str(info.value) and not opts.out.exists()

@@ -7,6 +7,8 @@ CI (env CI set), like tests/triage/test_outputs_dicom.py.
 
 from __future__ import annotations
 
+import base64
+import importlib.util
 import json
 import os
 import shutil
@@ -16,6 +18,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -63,14 +66,17 @@ def wait_until(
 class ServiceProcess:
     """`python -m triage.cli.main COMMAND ARGS` with its output in ``log``."""
 
-    def __init__(self, command: str, args: Sequence[str], log: Path) -> None:
+    def __init__(
+        self, command: str, args: Sequence[object], log: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.command = command
         self.args = [str(a) for a in args]
         self.log = log
+        self.env = dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ServiceProcess:
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **self.env}
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as fh:
             self.proc = subprocess.Popen(
@@ -141,6 +147,16 @@ def query(db: Path, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]
         return list(con.execute(sql, args).fetchall())
     finally:
         con.close()
+
+
+def query_if_ready(db: Path, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    """``query``, or no rows while the service has not created the store (or the table) yet."""
+    if not db.exists():
+        return []
+    try:
+        return query(db, sql, args)
+    except sqlite3.OperationalError:
+        return []
 
 
 def job_states(db: Path) -> dict[str, int]:
@@ -249,6 +265,42 @@ end
 """
 
 
+def require_dicomweb_extra() -> None:
+    """The dicomweb extra (dicomweb-client, hl7apy, fhir.resources) and the `triage poll` entry point, as
+    `make test` installs them (pip install -e '.[dicomweb]'); at module level: skips the module (fails it
+    in CI) without them."""
+    from triage.cli.plugins import command_entry_points
+
+    missing = []
+    for module in ("dicomweb_client", "hl7apy", "fhir.resources"):
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ImportError:
+            found = False
+        if not found:
+            missing.append(module)
+    if "poll" not in command_entry_points():
+        missing.append("the entry point of `triage poll`")
+    if missing:
+        message = f"missing {', '.join(missing)}; pip install -e '.[dicomweb]' (make test does)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message, allow_module_level=True)
+
+
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+
+def dicomweb_plugin() -> str:
+    """Orthanc's DICOMweb plugin (Debian package orthanc-dicomweb); skips (fails in CI) without it."""
+    if not DICOMWEB_PLUGIN.exists():
+        message = f"{DICOMWEB_PLUGIN} not found; install Debian package orthanc-dicomweb (make dcmtk does)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return str(DICOMWEB_PLUGIN)
+
+
 class Orthanc:
     """The PACS: Orthanc with its storage in ``root``, DICOM and HTTP on free loopback ports.
 
@@ -257,8 +309,12 @@ class Orthanc:
     each object was delivered exactly once.
     """
 
-    def __init__(self, root: Path, ae_title: str = "PACS") -> None:
+    def __init__(
+        self, root: Path, ae_title: str = "PACS", dicomweb: bool = False, users: dict[str, str] | None = None
+    ) -> None:
         self.binary = require_tool("Orthanc", "orthanc")
+        plugins = [dicomweb_plugin()] if dicomweb else []
+        self.users = dict(users or {})
         self.root = root
         self.ae_title = ae_title
         self.dicom_port = free_port()
@@ -275,8 +331,10 @@ class Orthanc:
             "DicomPort": self.dicom_port,
             "HttpPort": self.http_port,
             "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
-            "Plugins": [],
+            "AuthenticationEnabled": bool(self.users),
+            "RegisteredUsers": self.users,
+            "Plugins": plugins,
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": False, "Host": "127.0.0.1"},
             "DicomAlwaysAllowStore": True,
             "DicomCheckCalledAet": True,
             "OverwriteInstances": True,
@@ -287,6 +345,10 @@ class Orthanc:
             "ConcurrentJobs": 1,
         }
         (root / "orthanc.json").write_text(json.dumps(config, indent=1))
+
+    @property
+    def dicomweb_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}/dicom-web"
 
     @property
     def destination(self) -> str:
@@ -305,7 +367,8 @@ class Orthanc:
         if self.proc.poll() is not None:
             raise AssertionError(f"Orthanc exited: {(self.root / 'orthanc.log').read_text()[-2000:]}")
         try:
-            return http_get(f"http://127.0.0.1:{self.http_port}/system", timeout=1)[0] == 200
+            with urllib.request.urlopen(self._request("/system"), timeout=1) as response:
+                return int(response.status) == 200
         except OSError:
             return False
 
@@ -319,10 +382,23 @@ class Orthanc:
                 self.proc.wait()
         self.proc = None
 
+    def _request(self, path: str, data: bytes | None = None) -> urllib.request.Request:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=data)
+        if self.users:
+            user, password = next(iter(self.users.items()))
+            token = base64.b64encode(f"{user}:{password}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        return request
+
     def rest(self, path: str) -> Any:
-        status, body = http_get(f"http://127.0.0.1:{self.http_port}{path}")
-        assert status == 200, (path, status, body[:200])
-        return json.loads(body)
+        with urllib.request.urlopen(self._request(path), timeout=30) as response:
+            return json.loads(response.read())
+
+    def upload(self, files: Iterable[Path]) -> None:
+        """Store ``files`` through the REST API (POST /instances), as a modality would have."""
+        for path in files:
+            with urllib.request.urlopen(self._request("/instances", path.read_bytes()), timeout=30) as answer:
+                assert answer.status == 200, (path, answer.status)
 
     def sop_uids(self) -> list[str]:
         """SOPInstanceUIDs of every instance stored."""

@@ -46,7 +46,11 @@ def test_dockerfile_variants_user_health_entrypoint() -> None:
         a.split("=", 1) for k, a in steps if k == "ARG" and "=" in a
     )  # the declarations with defaults
     assert args["VARIANT"] == "gpu"
-    assert "cuda" in args["CUDA_BASE"] and "cudnn" in args["CUDA_BASE"]
+    # CUDA 13 + cuDNN 9 come as wheels with onnxruntime-gpu (tests/serving/test_gpu_requirements.py): the
+    # GPU base needs no CUDA of its own, and must not bring another major
+    assert "cuda:12" not in args["CUDA_BASE"]
+    gpu_extra = PYPROJECT["project"]["optional-dependencies"]["gpu"]
+    assert any(r.startswith("onnxruntime-gpu[cuda,cudnn]") for r in gpu_extra)
     froms = [a for k, a in steps if k == "FROM"]
     assert "${CUDA_BASE} AS base-gpu" in froms and "${CPU_BASE} AS base-cpu" in froms
     assert froms[-1] == "base-${VARIANT}"
@@ -63,7 +67,7 @@ def test_dockerfile_variants_user_health_entrypoint() -> None:
 
 def test_image_requirements_are_the_projects_with_the_lock() -> None:
     runs = " ".join(a for k, a in _instructions() if k == "RUN")
-    assert "pip install -c constraints.txt -r /tmp/requirements.txt" in runs
+    assert "pip install -c constraints.txt -c constraints-gpu.txt -r /tmp/requirements.txt" in runs
     assert "pip install --no-deps ." in runs
     extras = re.findall(r"--extras (\S+)", runs)
     optional = PYPROJECT["project"]["optional-dependencies"]
@@ -72,15 +76,19 @@ def test_image_requirements_are_the_projects_with_the_lock() -> None:
     names = image_requirements.name_of
     pyproject, constraints = ROOT / "pyproject.toml", ROOT / "constraints.txt"
     cpu = image_requirements.requirements(pyproject, constraints, "cpu", ["serving"])
-    gpu = image_requirements.requirements(pyproject, constraints, "gpu", ["serving"], "tensorrt==10.3.0")
+    gpu = image_requirements.requirements(
+        pyproject, constraints, "gpu", ["serving"], "tensorrt-cu13==10.16.1.11"
+    )
     runtime = {names(r) for r in PYPROJECT["project"]["dependencies"]} | {
         names(r) for r in optional["serving"]
     }
     assert {names(r) for r in cpu} == runtime
-    # cuda-python: device memory and streams for the TensorRT backend (triage/backends/tensorrt.py)
-    gpu_only = {"onnxruntime-gpu", "tensorrt", "cuda-python"}
+    # cuda-bindings: device memory and streams for the TensorRT backend (triage/backends/tensorrt.py);
+    # nvidia-cublas: linked by onnxruntime-gpu's CUDA provider, missing from its `cuda` extra
+    gpu_only = {"onnxruntime-gpu", "nvidia-cublas", "cuda-bindings", "tensorrt-cu13"}
     assert {names(r) for r in gpu} == (runtime - {"onnxruntime"}) | gpu_only
-    assert f"onnxruntime-gpu=={pins['onnxruntime']}" in gpu and "tensorrt==10.3.0" in gpu
+    assert f"onnxruntime-gpu[cuda,cudnn]=={pins['onnxruntime']}" in gpu
+    assert "tensorrt-cu13==10.16.1.11" in gpu
     unpinned = sorted(n for n in {names(r) for r in cpu} if n not in pins)
     assert not unpinned, f"constraints.txt pins none of {unpinned}: the image would not be locked"
     script = subprocess.run(

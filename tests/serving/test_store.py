@@ -200,3 +200,58 @@ def test_a_version_queued_before_a_bundle_upgrade_is_keyed_by_the_bundle_that_ru
     assert new.jobs(("done",))[0]["bundle"] == "sha256:new"
     new.register(arrival(tmp_path / "a2.dcm", "1.1", at=300.0))  # re-sent: already done with this bundle
     assert not new.queue(new.received_due(400.0, 10)[0][0])
+
+
+V1_OUTBOX = """CREATE TABLE outbox (
+    id INTEGER PRIMARY KEY, job_id INTEGER NOT NULL, study_uid TEXT NOT NULL, kind TEXT NOT NULL,
+    path TEXT NOT NULL, sop_uid TEXT NOT NULL, sop_class TEXT NOT NULL, digest TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending', attempts INTEGER NOT NULL DEFAULT 0,
+    not_before REAL NOT NULL DEFAULT 0, last_error TEXT, created_at REAL NOT NULL, delivered_at REAL,
+    UNIQUE (sop_uid, digest))"""
+
+
+def test_a_schema_1_store_is_migrated_its_outbox_rows_become_c_store_rows(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite3", "h")
+    with store.tx() as c:  # the store as triage with schema 1 left it: one undelivered object
+        c.execute("DROP TABLE outbox")
+        c.execute(V1_OUTBOX)
+        c.execute(
+            "INSERT INTO outbox (job_id, study_uid, kind, path, sop_uid, sop_class, digest, attempts,"
+            " last_error, created_at) VALUES (1, '1.2', 'sr', 'x_sr.dcm', '1.2.3', '1.2.840', 'd',"
+            " 3, 'cannot connect', 5.0)"
+        )
+        c.execute("UPDATE meta SET value='1' WHERE key='schema'")
+    store.close()
+    store = JobStore(tmp_path / "jobs.sqlite3", "h")
+    [row] = store.due("outbox", 1e12)
+    assert (row["dest"], row["sop_uid"], row["attempts"], row["last_error"]) == (
+        "dimse",
+        "1.2.3",
+        3,
+        "cannot connect",
+    )
+    assert store.outbox_counts() == {("dimse", "pending"): 1}
+    store.close()
+    reopened = JobStore(tmp_path / "jobs.sqlite3", "h")  # schema 2 now: opened as is
+    assert reopened.outbox_counts() == {("dimse", "pending"): 1}
+
+
+def test_each_forwarding_destination_has_its_own_outbox_rows(store: JobStore, tmp_path: Path) -> None:
+    from serving.store import OutboxItem
+
+    store.destinations = ("dimse", "stow")
+    store.register(arrival(tmp_path / "a.dcm", "1.1"))
+    [(job, *_)] = store.received_due(now=1000.0, quiet=10)
+    assert store.queue(job)
+    claim = store.claim(1000.0)
+    assert claim is not None
+    item = OutboxItem("sr", "studies/x_sr.dcm", "9.9", "1.2.840.10008.5.1.4.1.1.88.22", "digest")
+    store.finish(
+        claim.job_id, Outcome("done", [ok(str(tmp_path / "a.dcm"), "1.1")], positive=False, outbox=[item])
+    )
+    rows = {r["dest"]: r for r in store.due("outbox", 1e12)}
+    assert set(rows) == {"dimse", "stow"}
+    store.set_row("outbox", int(rows["stow"]["id"]), state="delivered")
+    assert [r["dest"] for r in store.due("outbox", 1e12, dest="dimse")] == ["dimse"]
+    assert store.due("outbox", 1e12, dest="stow") == []
+    assert store.outbox_counts() == {("dimse", "pending"): 1, ("stow", "delivered"): 1}

@@ -36,6 +36,7 @@ def test_cross_validation_covers_every_image_once_out_of_fold(
     for run in fold_runs(tiny_experiment / "segmenter"):
         data = json.loads((run / "data.json").read_text())
         assert not set(data["train"]) & set(data["oof"])
+        assert data["val"] and not set(data["val"]) & set(data["oof"])  # the scored fold picks no epoch
 
 
 def test_thresholds_are_written_into_the_cards_export_reads(tiny_experiment: Path) -> None:
@@ -78,6 +79,12 @@ def test_experiment_table_has_the_thesis_structure(tiny_experiment: Path) -> Non
                 assert 0.0 <= value["mean"] <= 1.0 and value["std"] >= 0.0
     assert "positive-only U-Net, oracle gate (true labels)" in table["contributions"]
     assert 0.0 <= table["classifier_auc"]["TTA"]["mean"] <= 1.0
+    assert table["classifier_drain"]["drain_only_auc"] > 0.5  # the synthetic set's drains follow the label
+    paired = json.loads((tiny_experiment / "paired.json").read_text())
+    gate = paired["rows"]["TTA + triplet"][
+        "cascade − positive-only U-Net without gate (the gate's own contribution)"
+    ]
+    assert gate["images"] == 24 and gate["ci"][0] <= gate["mean"] <= gate["ci"][1]
     markdown = (tiny_experiment / "table.md").read_text()
     assert "| argmax |" in markdown and "Dice/image one-case" in markdown
     test = json.loads((tiny_experiment / "test.json").read_text())

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from training.models import ArchSpec, CamClassifier, build_model
 from training.saliency.heatmap_loss import (
+    HeatmapExplosion,
     HeatmapLoss,
     HeatmapLossConfig,
     irrelevant_term,
@@ -41,14 +42,18 @@ def batch(n: int = 4) -> dict[str, torch.Tensor]:
 def test_terms_on_hand_made_maps() -> None:
     maps = torch.tensor([[[[1.0, 0.0], [0.5, 0.0]]]])
     inside = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
-    # outside cells hold 0, 0.5 and 0 → (0.5)/4
-    assert float(irrelevant_term(maps, inside)) == pytest.approx(0.125)
-    assert float(relevant_term(maps, inside)) == pytest.approx(0.0)  # the region holds the peak
+    # outside cells hold 0, 0.5 and 0: mean (0.5)/4, sum 0.5, fraction of the mass 0.5/1.5
+    assert float(irrelevant_term(maps, inside, "mean")) == pytest.approx(0.125)
+    assert float(irrelevant_term(maps, inside, "sum")) == pytest.approx(0.5)
+    assert float(irrelevant_term(maps, inside)) == pytest.approx(1 / 3)  # default: the mass fraction
+    assert float(relevant_term(maps, inside, "mean")) == pytest.approx(0.0)  # the region holds the peak
+    assert float(relevant_term(maps, inside)) == pytest.approx(1 / 3)  # 1 − mass inside (1/1.5)
     inside2 = torch.tensor([[[[1.0, 1.0], [0.0, 0.0]]]])
-    assert float(relevant_term(maps, inside2)) == pytest.approx(0.5)  # (0 + 1)/2
+    assert float(relevant_term(maps, inside2, "mean")) == pytest.approx(0.5)  # (0 + 1)/2
+    assert float(relevant_term(maps, inside2, "sum")) == pytest.approx(1.0)
     # images with an empty region do not count in the relevant term
     both = torch.cat([maps, maps]), torch.cat([inside2, torch.zeros_like(inside2)])
-    assert float(relevant_term(*both)) == pytest.approx(0.5)
+    assert float(relevant_term(*both, "mean")) == pytest.approx(0.5)
     assert float(relevant_term(maps, torch.zeros_like(maps))) == 0.0
 
 
@@ -69,11 +74,13 @@ def _backbone_grads(model: CamClassifier, loss: torch.Tensor) -> torch.Tensor:
     )
 
 
+@pytest.mark.parametrize("reduction", ["fraction", "sum", "mean"])
 @pytest.mark.parametrize("method", ["hirescam", "gradcam"])
-def test_the_heatmap_term_changes_the_backbone_gradients(method: str) -> None:
+def test_the_heatmap_term_changes_the_backbone_gradients(method: str, reduction: str) -> None:
     model = tiny_model()
     b = batch()
-    loss_fn = HeatmapLoss(HeatmapLossConfig(method=method, weight=1.0))  # type: ignore[arg-type]
+    config = HeatmapLossConfig(method=method, weight=1.0, reduction=reduction)  # type: ignore[arg-type]
+    loss_fn = HeatmapLoss(config)
     logit = model(b["image"])
     ce = F.binary_cross_entropy_with_logits(logit[:, 0], b["label"])
     term, logs = loss_fn(model, b)
@@ -82,7 +89,7 @@ def test_the_heatmap_term_changes_the_backbone_gradients(method: str) -> None:
     assert g_term.abs().max() > 0, "the heatmap term must reach the backbone (double backprop)"
     g_ce = _backbone_grads(model, ce)
     g_both = _backbone_grads(model, ce + term)
-    assert not torch.allclose(g_both, g_ce)
+    assert not torch.equal(g_both, g_ce)
     torch.testing.assert_close(g_both, g_ce + g_term, rtol=1e-4, atol=1e-7)
 
 
@@ -119,3 +126,56 @@ def test_bad_settings_and_missing_masks_are_one_line_errors() -> None:
     del b["lungs"]
     with pytest.raises(ValueError, match="needs lungs masks but the batch has no 'lungs' entry"):
         HeatmapLoss(HeatmapLossConfig())(tiny_model(), b)
+
+
+def test_the_schedule_warms_up_then_ramps_and_counts_training_steps_only() -> None:
+    config = HeatmapLossConfig(weight=2.0, warmup_steps=2, ramp_steps=4)
+    assert [config.weight_at(s) for s in range(7)] == [0.0, 0.0, 0.5, 1.0, 1.5, 2.0, 2.0]
+    loss_fn = HeatmapLoss(config)
+    model = tiny_model()
+    b = batch()
+    model.eval()
+    _, logs = loss_fn(model, b)
+    assert loss_fn.step == 0 and logs["heatmap_lambda"] == 0.0  # evaluation does not advance λ
+    model.train()
+    for _ in range(3):
+        term, logs = loss_fn(model, b)
+    assert loss_fn.step == 3 and logs["heatmap_lambda"] == 0.5
+    assert float(term.detach()) == pytest.approx(0.5 * logs["heatmap_term"], rel=1e-5)
+
+
+def test_a_non_finite_term_is_an_error_naming_step_and_lambda() -> None:
+    model = tiny_model()
+    b = batch()
+    b["image"] = b["image"] * float("nan")
+    with pytest.raises(HeatmapExplosion, match=r"heatmap term is nan at step 0 \(λ = 1\)"):
+        HeatmapLoss(HeatmapLossConfig())(model, b)
+
+
+def test_missing_region_masks_are_an_error_or_a_logged_skip() -> None:
+    model = tiny_model().eval()  # batch statistics would couple the images
+    b = batch()
+    b["lungs"][1] = float("nan")  # image 1 has no lung mask
+    with pytest.raises(ValueError, match="1 of 4 images in the batch have no lungs mask"):
+        HeatmapLoss(HeatmapLossConfig())(model, b)
+    skip = HeatmapLoss(HeatmapLossConfig(on_missing="skip", reduction="sum"))
+    term, logs = skip(model, b)
+    assert logs["heatmap_skipped"] == 1.0 and torch.isfinite(term)
+    kept = {k: v[[0, 2, 3]] for k, v in b.items()}
+    alone, _ = skip(model, kept)
+    torch.testing.assert_close(term, alone, rtol=1e-4, atol=1e-6)  # the skipped image does not count
+    flagged = dict(batch(), lungs_valid=torch.tensor([True, False, True, True]))
+    with pytest.raises(ValueError, match="1 of 4 images"):
+        HeatmapLoss(HeatmapLossConfig())(model, flagged)
+
+
+def test_a_grid_below_the_minimum_and_an_unknown_layer_are_errors() -> None:
+    model = tiny_model()  # 64 px → a 2×2 map on the last layer
+    with pytest.raises(ValueError, match=r"attribution grid is 2x2, below the required 8x8"):
+        HeatmapLoss(HeatmapLossConfig(min_grid=8))(model, batch())
+    term, _ = HeatmapLoss(HeatmapLossConfig(min_grid=8, layer="backbone.layer1"))(model, batch())
+    assert torch.isfinite(term)  # an earlier layer: 16×16
+    with pytest.raises(ValueError, match=r"unknown layer 'backbone\.layer9'; valid layers"):
+        HeatmapLoss(HeatmapLossConfig(layer="backbone.layer9"))(model, batch())
+    with pytest.raises(ValueError, match="--heatmap-reduction must be one of"):
+        HeatmapLossConfig(reduction="max")  # type: ignore[arg-type]

@@ -13,10 +13,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from export.errors import ExportError
+from export.saliency import add_to_bundle
 from tests.bundles import build_tiny_bundle
 from training.models import ArchSpec, build_model
 from training.run_format import RunCard, write_run_card
-from training.saliency.export import add_to_bundle
 from triage.bundle import load_bundle
 from triage.cascade.predict import PredictOptions, Predictor
 from triage.synth.dataset import SynthRequest, synthesize
@@ -46,8 +47,8 @@ def test_export_joins_the_bundle_and_predict_writes_the_map(tmp_path: Path) -> N
     run = saliency_run(tmp_path / "run")
     bundle_dir = build_tiny_bundle(tmp_path / "bundle", gate=0.0)  # every image is gated
     entry = add_to_bundle(run, bundle_dir)
-    assert entry["outputs"] == {"map": "saliency", "logit": "logit"}
-    assert entry["provenance"]["parity_max_abs_diff"] < 1e-3
+    assert entry["outputs"] == {"map": "map", "logit": "logit"}
+    assert entry["parity"]["passed"] and entry["parity"]["max_abs_diff"]["map"] < 1e-3
     bundle = load_bundle(bundle_dir)
     assert bundle.saliency is not None and bundle.saliency.input_size == (64, 64)
     card = json.loads((bundle_dir / "card.json").read_text())
@@ -85,9 +86,10 @@ def test_a_run_of_another_role_is_refused(tmp_path: Path) -> None:
     (run / "model.json").write_text(json.dumps(card))
     bundle_dir = build_tiny_bundle(tmp_path / "bundle")
     before = (bundle_dir / "card.json").read_bytes()
-    with pytest.raises(ValueError, match="is a segmenter run, not a saliency run"):
+    with pytest.raises(ExportError, match="is a segmenter run, not a saliency run"):
         add_to_bundle(run, bundle_dir)
     assert (bundle_dir / "card.json").read_bytes() == before
+    assert sorted(p.name for p in bundle_dir.parent.iterdir()) == ["bundle", "run"]  # no staging left
     assert not np.any([p.name == "saliency.onnx" for p in bundle_dir.iterdir()])
 
 

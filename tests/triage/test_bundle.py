@@ -22,7 +22,7 @@ def test_card_drives_everything(bundle_dir: Path) -> None:
     b = load_bundle(bundle_dir)
     assert b.classifier.input_size == (64, 64) and b.segmenter.input_size == (64, 64)
     assert b.thresholds.gate == 0.4 and b.tta == ("none", "hflip")
-    assert b.saliency is not None and b.saliency.outputs == {"map": "saliency"}
+    assert b.saliency is not None and b.saliency.outputs == {"map": "map"}
     assert b.label.startswith("tiny-test@0.0.1#") and len(b.label.split("#")[1]) == 8
 
 

@@ -50,7 +50,10 @@ def _imports_after(*args: str) -> set[str]:
 
 def test_the_entry_point_group_is_installed() -> None:
     names = set(command_entry_points())
-    expected = {"train", "experiment", "folds", "export", "export-saliency", "watch", "listen", "jobs"}
+    expected = {
+        *("train", "experiment", "folds", "export", "export-saliency"),
+        *("watch", "listen", "poll", "jobs"),
+    }
     assert expected <= names, f"the {GROUP} entry points are missing: reinstall (pip install -e .)"
 
 
@@ -75,8 +78,8 @@ def test_help_groups_every_command_in_its_panel_in_order() -> None:
     assert set(panels["Data"]) == {"synth", "contact-sheet", "folds"}
     assert set(panels["Train"]) == {"train", "experiment", "shortcut-experiment"}
     assert set(panels["Export"]) == {"export", "export-saliency"}
-    assert set(panels["Predict"]) == {"predict", "evaluate"}
-    assert set(panels["Services"]) == {"watch", "listen", "jobs"}
+    assert set(panels["Predict"]) == {"predict", "merge", "evaluate"}
+    assert set(panels["Services"]) == {"watch", "listen", "poll", "jobs"}
 
 
 def test_every_short_help_is_one_sentence_that_fits_an_80_column_terminal() -> None:
@@ -90,7 +93,7 @@ def test_choices_and_ranges_show_in_help() -> None:
     assert "auto|cpu|cuda" in predict and "auto|fp32|int8|tensorrt-fp16|tensorrt-int8" in predict
     assert "x>=1" in predict  # --batch-size
     train = _triage("train", "classifier", "--help", columns=200).stdout
-    assert "seed|small|tiny" in train and "hirescam|gradcam" in train
+    assert "seed|cpu|small|tiny" in train and "hirescam|gradcam" in train
     watch = _triage("watch", "--help", columns=200).stdout
     assert "keep|move|delete" in watch and "debug|info|warning|error" in watch and "0<=x<=65535" in watch
 

@@ -255,10 +255,10 @@ def test_a_crash_inside_one_file_does_not_end_the_batch(batch: Batch, tmp_path: 
     poisoned = batch.good[3]
     real = items.read_image
 
-    def read_image(path: Path, policy: ReadPolicy) -> object:
+    def read_image(path: Path, policy: ReadPolicy, need: object = None) -> object:
         if Path(path) == poisoned:
             raise RuntimeError("boom")
-        return real(path, policy)
+        return real(path, policy, need)  # type: ignore[arg-type]
 
     monkeypatch.setattr(items, "read_image", read_image)
     files = [str(p) for p in batch.good[:12]]

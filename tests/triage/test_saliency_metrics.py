@@ -111,5 +111,9 @@ def test_group_comparison() -> None:
     assert c.median_a == pytest.approx(0.81) and c.n_b == 5
     same = compare_groups([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
     assert same.cles == pytest.approx(0.5) and same.p_value == pytest.approx(1.0)
+    assert same.cohen_d == pytest.approx(0.0)
+    # d = (2 − 1) / pooled SD 1 for two groups of SD 1
+    assert compare_groups([1.0, 2.0, 3.0], [0.0, 1.0, 2.0]).cohen_d == pytest.approx(1.0)
+    assert np.isnan(compare_groups([1.0], [2.0, 3.0]).cohen_d)
     with pytest.raises(ValueError, match="at least one value"):
         compare_groups([], [1.0])

@@ -181,6 +181,44 @@ def test_drain_is_a_label_conditioned_confounder() -> None:
     assert all(_case(True, s, cfg).drain is None for s in range(20))
 
 
+def test_corner_marker_is_an_opt_in_confounder_outside_the_lungs_with_its_mask(tmp_path: Path) -> None:
+    off = [_case(True, s) for s in range(30)]
+    assert all(c.corner_marker is None for c in off)
+    cfg = PhantomConfig(corner_marker_given_positive=0.9, corner_marker_given_negative=0.1)
+    pos = np.mean([_case(True, s, cfg).corner_marker is not None for s in range(300)])
+    neg = np.mean([_case(False, s, cfg).corner_marker is not None for s in range(300)])
+    assert 0.85 < pos < 0.95 and 0.05 < neg < 0.15
+    # the option draws last: every other part of a case is what it was without it
+    on, plain = _case(True, 4, cfg), _case(True, 4)
+    assert on.render_seed == plain.render_seed and on.exposure == plain.exposure
+    with_marker = next(c for c in (_case(True, s, cfg) for s in range(20)) if c.corner_marker is not None)
+    r = render(with_marker, 128)
+    assert r.corner_marker is not None and r.corner_marker.sum() > 20
+    assert not (r.corner_marker & r.lungs).any(), "the marker must lie entirely outside the lungs"
+    assert (
+        r.image[r.corner_marker].mean()
+        > r.image[binary_dilation(r.corner_marker, iterations=4) & ~r.corner_marker].mean() + 0.2
+    )
+    out = tmp_path / "marked"
+    synthesize(
+        SynthRequest(
+            out,
+            studies=6,
+            positive_fraction=0.5,
+            size=128,
+            seed=5,
+            config=PhantomConfig(corner_marker_given_positive=1.0),
+        ),
+        workers=1,
+    )
+    rows = read_metadata(out)
+    for row in rows:
+        assert (row["corner_marker"] == "1") == (row["label"] == "1")
+        assert bool(row["corner_marker_mask"]) == (row["label"] == "1")
+        if row["corner_marker_mask"]:
+            assert np.asarray(Image.open(out / row["corner_marker_mask"])).max() == 255
+
+
 def test_size_strata_span_small_to_large() -> None:
     areas = [_case(True, s).pneumothorax.area_fraction for s in range(200)]  # type: ignore[union-attr]
     assert min(areas) < 0.005 and max(areas) > 0.02

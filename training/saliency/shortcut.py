@@ -42,6 +42,7 @@ from training.models import CamClassifier, build_model
 from training.run import RunRequest, train
 from training.run_format import CARD, read_run_card
 from training.saliency.eval import class_maps, score_maps, upsample
+from training.saliency.protocol import shortcut_auc
 from triage import metrics
 from triage.bundle import Normalization
 from triage.cascade.preprocess import fit, normalise
@@ -195,7 +196,7 @@ def score_run(
     labels = test_grid.labels[rows] > 0
     summary: dict[str, Any] = {"run": str(run), "auc": metrics.roc_auc(np.asarray(probs), labels)}
     has_drain = np.array([drains[r] is not None for r in rows])
-    hard = _shortcut_auc(np.asarray(probs), labels, has_drain)
+    hard = shortcut_auc(np.asarray(probs), labels, has_drain)
     summary["auc_drain_free_positives_vs_drain_negatives"] = hard
     for method, scored in per_method.items():
         for key in ("lung_mass", "drain_mass", "drain_area", "lung_diff"):
@@ -204,14 +205,6 @@ def score_run(
         summary[f"{method}/images"] = len(scored)
         summary[f"{method}/defined"] = int(np.isfinite([x["lung_mass"] for x in scored]).sum())
     return summary
-
-
-def _shortcut_auc(p: NDArray[np.float64], y: NDArray[np.bool_], drain: NDArray[np.bool_]) -> float | None:
-    """AUC on the hardest pairs for a drain detector: positives without a drain vs negatives with one."""
-    keep = (y & ~drain) | (~y & drain)
-    if not (y[keep].any() and (~y[keep]).any()):
-        return None
-    return metrics.roc_auc(p[keep], y[keep])
 
 
 def _occlusion_rows(grid: GridSet, drains: list[NDArray[np.bool_] | None], n: int) -> list[int]:

@@ -2,10 +2,11 @@
 
 * loss term ``heatmap`` (:class:`HeatmapTerm`): the heatmap loss of
   :mod:`training.saliency.heatmap_loss`, listed in a classifier config as ``extra_losses: [{name: heatmap,
-  weight: λ, method: hirescam, which: predicted, mode: irrelevant, region: lungs, layer: null}]`` — what
-  ``triage train classifier --heatmap-loss hirescam --heatmap-weight λ`` writes. Before training starts it
-  checks the data: every training image needs its region mask (lung fields, or the pneumothorax mask for
-  ``region: lesion``), none of them empty.
+  weight: λ, method: hirescam, which: predicted, mode: irrelevant, region: lungs, layer: null, reduction:
+  fraction, warmup_steps: 0, ramp_steps: 0}]`` — what ``triage train classifier --heatmap-loss hirescam
+  --heatmap-weight λ`` writes. Before training starts it checks the data: every
+  training image needs its region mask (lung fields, or the pneumothorax mask for ``region: lesion``),
+  none of them empty.
 * loss term ``saliency_map`` (:class:`SaliencyMapTerm`): the map part of the saliency U-Net's mixed
   objective (:mod:`training.saliency.losses`).
 
@@ -39,15 +40,21 @@ class HeatmapTerm:
         mode: str = "irrelevant",
         region: str = "lungs",
         layer: str | None = None,
+        reduction: str = "fraction",
+        warmup_steps: int = 0,
+        ramp_steps: int = 0,
     ) -> None:
         self.config = HeatmapLossConfig(
-            method=method,
-            weight=1.0,
-            which=which,
+            method=method,  # type: ignore[arg-type]
+            weight=1.0,  # the trainer multiplies by the config's weight; the schedule scales it
+            which=which,  # type: ignore[arg-type]
             mode=mode,  # type: ignore[arg-type]
-            region=region,
+            region=region,  # type: ignore[arg-type]
             layer=layer,
-        )  # type: ignore[arg-type]
+            reduction=reduction,  # type: ignore[arg-type]
+            warmup_steps=warmup_steps,
+            ramp_steps=ramp_steps,
+        )
         self.loss = HeatmapLoss(self.config)
 
     def check_data(self, grids: Any, rows: Sequence[int]) -> None:

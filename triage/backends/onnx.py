@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from functools import cache
 
 import numpy as np
 import onnxruntime as ort
@@ -13,6 +14,45 @@ from triage.errors import ErrorCode, TriageError
 from triage.system import usable_cores
 
 logger = logging.getLogger(__name__)
+
+
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+
+# A one-node ONNX model (Identity on a float[1], opset 17, IR 8), serialised: the runtime does not depend
+# on the onnx package; tests/triage/test_providers.py checks these bytes against onnx.helper's model.
+PROBE_MODEL = (
+    b"\x08\x08\x12\x00:;\n\x10\n\x01x\x12\x01y\"\x08Identity\x12\x05probeZ\x0f\n\x01x\x12\n\n\x08\x08\x01"
+    b"\x12\x04\n\x02\x08\x01b\x0f\n\x01y\x12\n\n\x08\x08\x01\x12\x04\n\x02\x08\x01B\x04\n\x00\x10\x11"
+)
+
+
+def active_providers() -> list[str]:
+    """The providers an InferenceSession really activates here, GPU ones first: a one-node model is
+    loaded with every available provider (the CUDA provider is listed whenever the wheel has it, even
+    when its libraries or the driver are missing; it is dropped at session creation then)."""
+    wanted = [p for p in ort.get_available_providers() if p in (*GPU_PROVIDERS, "CPUExecutionProvider")]
+    if "CUDAExecutionProvider" in wanted:
+        _preload_cuda_libraries()
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # the failed provider's warning is the answer here, not news
+    try:
+        session = ort.InferenceSession(PROBE_MODEL, options, providers=wanted)
+    except Exception:  # a GPU provider that raises instead of falling back
+        return ["CPUExecutionProvider"]
+    return list(session.get_providers())
+
+
+@cache
+def _preload_cuda_libraries() -> None:
+    """Load the CUDA 13 / cuDNN 9 libraries of the nvidia-* wheels (the gpu extra) before the CUDA
+    provider needs them: they live in site-packages, not on the loader's path. A no-op elsewhere."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        try:
+            preload(directory="")
+        except Exception as exc:  # the provider check after session creation reports the outcome
+            logger.warning("preloading the CUDA libraries failed: %s: %s", type(exc).__name__, exc)
 
 
 def default_threads() -> int:
@@ -35,6 +75,8 @@ class OnnxModel:
         providers = ["CPUExecutionProvider"]
         if device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        if providers[0] == "CUDAExecutionProvider":
+            _preload_cuda_libraries()
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or default_threads()
         options.inter_op_num_threads = 1
@@ -57,6 +99,16 @@ class OnnxModel:
             ) from exc
         self.spec = spec
         self.provider = self.session.get_providers()[0]
+        if device == "cuda" and self.provider not in GPU_PROVIDERS:
+            # ONNX Runtime falls back to the CPU, with only a warning, when the CUDA provider is in the
+            # wheel but cannot load (no driver, a CUDA / cuDNN major the wheel was not built for).
+            raise TriageError(
+                ErrorCode.INFERENCE_FAILED,
+                f"--device cuda asked for, but ONNX Runtime's CUDA provider did not start for "
+                f"{spec.path.name} (active: {self.session.get_providers()}); check the NVIDIA driver and "
+                f"that the CUDA 13 / cuDNN 9 libraries onnxruntime-gpu links are installed "
+                f"(`triage version` lists the providers), or use --device cpu",
+            )
         graph_outputs = {o.name for o in self.session.get_outputs()}
         missing = {k: v for k, v in spec.outputs.items() if v not in graph_outputs}
         if missing:

@@ -2,10 +2,11 @@
 
 An engine (``.plan``) is built by ``triage export --tensorrt`` on the GPU model and TensorRT version that
 will run it; the card's ``requires.tensorrt`` records that version and loading refuses another one.
-Device memory and streams come from NVIDIA's ``cuda-python`` runtime bindings (the gpu extra installs
-``tensorrt>=10,<11`` and ``cuda-python``). Each call copies the batch to the GPU, runs the engine with
-``execute_async_v3`` (in chunks of at most the engine profile's largest batch) and copies the outputs
-back; device buffers are kept and grown as needed. Calls are serialised by a lock (one execution context).
+Device memory and streams come from NVIDIA's ``cuda-bindings`` runtime bindings (the gpu extra installs
+them; TensorRT 10 itself does not install from PyPI: :data:`INSTALL_HINT`). Each call copies the batch to
+the GPU, runs the engine with ``execute_async_v3`` (in chunks of at most the engine profile's largest
+batch) and copies the outputs back; device buffers are kept and grown as needed. Calls are serialised by
+a lock (one execution context).
 
 Every way this cannot run here (no TensorRT, no cuda-python, no GPU, another TensorRT version, a damaged
 or foreign engine, ``--device cpu``) is a one-line TriageError, never a traceback.
@@ -26,7 +27,11 @@ from triage.bundle import ModelSpec
 from triage.errors import ErrorCode, TriageError
 
 logger = logging.getLogger(__name__)
-INSTALL_HINT = "install the gpu extra (pip install 'triage[gpu]') on a machine with an NVIDIA GPU"
+INSTALL_HINT = (
+    "TensorRT 10 does not install from PyPI (its tensorrt-cu13-libs 10.x are source stubs that download "
+    "from NVIDIA's own index at install time); on a machine with an NVIDIA GPU, install the gpu extra and "
+    "tensorrt-cu13==10.* from NVIDIA's package index (docs/export.md, TensorRT)"
+)
 
 
 def _fail(spec: ModelSpec, reason: str) -> TriageError:

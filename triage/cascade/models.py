@@ -57,6 +57,8 @@ class CascadeModels:
 
     ``variant``: "auto" (the card's default variant per model for the device: e.g. INT8 on the CPU where
     the export found it pays, TensorRT on a GPU) or a variant name every model has ("fp32", "int8", ...).
+
+    ``adaptive``: use the card's adaptive TTA for the gate when it has one (False: full TTA always).
     """
 
     def __init__(
@@ -66,12 +68,15 @@ class CascadeModels:
         threads: int | None = None,
         backends: dict[str, Model] | None = None,
         variant: str = "auto",
+        adaptive: bool = True,
     ) -> None:
         given = dict(backends or {})
         unknown = sorted(set(given) - {"classifier", "segmenter", "saliency"})
         if unknown:
             raise ValueError(f"unknown backend roles {unknown}; valid: classifier, segmenter, saliency")
         self.bundle = bundle
+        self.adaptive = adaptive
+        self.tta_counts = {"images": 0, "full_tta": 0}  # adaptive TTA: gated images / those given full TTA
         self.variants: dict[str, str] = {}
         loaded: dict[str, Model | None] = {}
         for role in ("classifier", "segmenter", "saliency"):
@@ -92,10 +97,33 @@ class CascadeModels:
         return self.classifier.provider
 
     def gate(self, x: Batch, use_tta: bool) -> tuple[Batch, Batch | None]:
-        """P(pneumothorax) per image (N,) and the CAM (N, h, w) if the classifier outputs one."""
+        """P(pneumothorax) per image (N,) and the CAM (N, h, w) if the classifier outputs one.
+
+        With the card's ``adaptive_tta`` (and ``adaptive``, the default) the TTA's other passes run only
+        on the images whose un-flipped probability lies within the margin of the gate threshold; the
+        others keep their un-flipped probability and CAM (triage.cascade.tta.adaptive_gate)."""
         transforms = self.bundle.tta if use_tta else ("none",)
-        out = self.classifier(tta_ops.expand(x, transforms))
-        n = len(x)
+        margin = self.bundle.adaptive_tta.gate_margin if self.bundle.adaptive_tta and self.adaptive else None
+        if margin is None or len(transforms) == 1 or transforms[0] != "none":
+            return self._gate_outputs(self.classifier(tta_ops.expand(x, transforms)), len(x), transforms)
+        plain = self.classifier(x)
+        prob, cam = self._gate_outputs(plain, len(x), ("none",))
+        doubtful = tta_ops.doubtful(prob, self.bundle.thresholds.gate, margin)
+        self.tta_counts["images"] += len(x)
+        self.tta_counts["full_tta"] += len(doubtful)
+        if len(doubtful):
+            rest = self.classifier(tta_ops.expand(x[doubtful], transforms[1:]))
+            both = {k: np.concatenate([plain[k][doubtful], rest[k]]) for k in rest}
+            prob[doubtful], merged_cam = self._gate_outputs(both, len(doubtful), transforms)
+            if cam is not None and merged_cam is not None:
+                cam[doubtful] = merged_cam
+        return prob, cam
+
+    @staticmethod
+    def _gate_outputs(
+        out: dict[str, Batch], n: int, transforms: tuple[str, ...]
+    ) -> tuple[Batch, Batch | None]:
+        """The classifier's raw outputs for ``transforms`` (transform-major) → (probabilities, CAMs)."""
         prob = tta_ops.merge_scalars(sigmoid(out["logit"].reshape(-1)), n, transforms)
         cam = None
         if "cam" in out:

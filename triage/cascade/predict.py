@@ -25,16 +25,15 @@ from pathlib import Path
 from typing import TypeVar
 
 from triage.bundle import Bundle
+from triage.cascade.batch import BatchRecorder, Summary, plan_batch
 from triage.cascade.infer import infer_isolated
 from triage.cascade.items import Item, Keep, claim_instance, duplicate_error, load_item, pixels_to_keep
 from triage.cascade.models import CascadeModels
 from triage.cascade.options import PredictOptions, ThreadPlan, thread_plan
 from triage.cascade.write import error_record, finish_item
-from triage.errors import ErrorCode, TriageError
 from triage.io.dicom import ReadPolicy
-from triage.io.inputs import expand_inputs
+from triage.io.manifest import Shard
 from triage.memory import fix_mmap_threshold
-from triage.outputs.batch import ResultsWriter, finished_inputs, is_finished, read_results, write_worklist
 from triage.outputs.records import ResultRecord
 
 __all__ = ["PredictOptions", "Predictor", "StreamSummary", "Summary", "ThreadPlan", "predict", "thread_plan"]
@@ -49,20 +48,6 @@ class StreamSummary:
     records: int
     failed: int
     seconds: float
-
-
-@dataclass
-class Summary:
-    """What :meth:`Predictor.run` did: its records (in results.jsonl order), inputs skipped by
-    ``resume``, and seconds."""
-
-    records: list[ResultRecord]
-    skipped: int
-    seconds: float
-
-    @property
-    def failed(self) -> int:
-        return sum(r.status == "error" for r in self.records)
 
 
 def _read_ahead(
@@ -194,44 +179,25 @@ class Predictor:
         out: Path,
         on_record: Callable[[ResultRecord], None] | None = None,
         on_total: Callable[[int], None] | None = None,
+        shard: Shard | None = None,
     ) -> Summary:
         """A batch (``triage predict``): :meth:`stream` over ``inputs`` (files, folders, globs), with the
         batch's bookkeeping in ``out``: records appended to results.jsonl as they come (an argument that
         matches no file gets an error record first), worklist.csv written at the end, and with
-        ``options.resume`` the inputs already in results.jsonl skipped.
+        ``options.resume`` the inputs already in results.jsonl skipped. With ``shard``, only the files of
+        that shard run (:mod:`triage.io.manifest`), and ``out/shard.json`` says so for ``triage merge``.
 
         ``on_total`` is called once with the number of records to expect; ``on_record`` with each.
         Raises TriageError(WRITE_FAILED) when ``out`` already holds a results.jsonl and the options do not
         say ``resume`` (a finished batch is never overwritten by accident).
         """
-        start = time.perf_counter()
-        out.mkdir(parents=True, exist_ok=True)
-        results_path = out / "results.jsonl"
-        if results_path.exists() and not self.options.resume:
-            raise TriageError(
-                ErrorCode.WRITE_FAILED,
-                f"{results_path} exists: pass --resume to continue that batch, or choose another --out",
-            )
-        done = finished_inputs(out) if self.options.resume else set()
-        files, missing = expand_inputs(list(inputs))
-        todo = [str(p) for p in files if not is_finished(str(p), done)]
-        missing = [(arg, err) for arg, err in missing if not is_finished(arg, done)]
+        plan = plan_batch(inputs, out, self.options.resume, shard)
         if on_total is not None:
-            on_total(len(todo) + len(missing))
-        records: list[ResultRecord] = []
-        with ResultsWriter(out) as results:
-
-            def emit(_input: str, record: ResultRecord) -> None:
-                results.write(record)
-                records.append(record)
-                if on_record is not None:
-                    on_record(record)
-
-            for arg, err in missing:
-                emit(arg, error_record(Item(input=arg, error=err), self.bundle.label))
-            self.stream(((path, path) for path in todo), out, emit, distinct=True)
-        write_worklist(out, read_results(out))
-        return Summary(records, len(files) - len(todo), time.perf_counter() - start)
+            on_total(plan.total)
+        with BatchRecorder(out, plan, self.bundle.label, on_record) as recorder:
+            todo = ((path, path) for path in plan.todo)
+            self.stream(todo, out, lambda _key, rec: recorder.record(rec), distinct=True)
+        return recorder.summary()
 
 
 def predict(
@@ -241,6 +207,7 @@ def predict(
     options: PredictOptions,
     on_record: Callable[[ResultRecord], None] | None = None,
     on_total: Callable[[int], None] | None = None,
+    shard: Shard | None = None,
 ) -> Summary:
     """Load the bundle's models and run the cascade once over ``inputs``; see :meth:`Predictor.run`."""
-    return Predictor(bundle, options).run(inputs, out, on_record, on_total)
+    return Predictor(bundle, options).run(inputs, out, on_record, on_total, shard)

@@ -43,17 +43,30 @@ def resize(image: FloatImage, shape: tuple[int, int], pil: Image.Image | None = 
     return np.array(out, dtype=np.float32)
 
 
+def content_shape(source: tuple[int, int], grid: tuple[int, int], mode: str) -> tuple[int, int]:
+    """(height, width) the image of shape ``source`` takes on the model grid (:func:`fit`)."""
+    if mode == "stretch":
+        return grid
+    h, w = source
+    scale = min(grid[0] / h, grid[1] / w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
 def fit(
-    image: FloatImage, grid: tuple[int, int], mode: str, pil: Image.Image | None = None
+    image: FloatImage,
+    grid: tuple[int, int],
+    mode: str,
+    pil: Image.Image | None = None,
+    source: tuple[int, int] | None = None,
 ) -> tuple[FloatImage, Geometry]:
     """Place `image` (HxW, [0,1]) on the model grid; returns the grid image and its geometry.
-    ``pil``: ``as_pil(image)`` when the caller has it (see :func:`resize`)."""
-    h, w = image.shape
+    ``pil``: ``as_pil(image)`` when the caller has it (see :func:`resize`). ``source``: the source grid
+    when ``image`` is a reduced-resolution decode of it (the geometry, hence the box, is the source's)."""
+    h, w = source or image.shape
     gh, gw = grid
     if mode == "stretch":
         return resize(image, grid, pil), Geometry((h, w), grid, (0, 0, gh, gw))
-    scale = min(gh / h, gw / w)
-    ch, cw = max(1, round(h * scale)), max(1, round(w * scale))
+    ch, cw = content_shape((h, w), grid, mode)
     top, left = (gh - ch) // 2, (gw - cw) // 2
     out = np.zeros(grid, np.float32)
     out[top : top + ch, left : left + cw] = resize(image, (ch, cw), pil)

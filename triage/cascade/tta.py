@@ -34,3 +34,12 @@ def merge_maps(maps: Batch, n: int, transforms: tuple[str, ...]) -> Batch:
     stacked = maps.reshape(len(transforms), n, *maps.shape[1:])
     out: Batch = np.mean([_flip(stacked[i], t) for i, t in enumerate(transforms)], axis=0)
     return out
+
+
+def doubtful(prob: Batch, threshold: float, margin: float) -> NDArray[np.intp]:
+    """Indices of the images whose un-flipped probability lies within ``margin`` of the gate
+    ``threshold`` (|p − t| < margin): the only ones whose gate decision the other TTA passes could change,
+    as long as TTA moves a probability by less than the margin (what the margin is chosen for, on
+    validation images: export/adaptive_tta.py)."""
+    out: NDArray[np.intp] = np.flatnonzero(np.abs(prob.astype(np.float64) - threshold) < margin)
+    return out

@@ -12,13 +12,17 @@ from typing import Annotated, Literal
 import typer
 
 from triage import __version__
-from triage.cli.options import Device, fail
+from triage.cli.dicomweb_input import DicomWebInput
+from triage.cli.options import Device, fail, option_sets
 from triage.cli.plugins import CommandTree
 from triage.outputs.formats import HELP as FORMATS_HELP
 from triage.outputs.formats import PREDICT_DEFAULT, format_option
 
 Compression = Literal["none", "rle", "j2k"]
 Variant = Literal["auto", "fp32", "int8", "tensorrt-fp16", "tensorrt-int8"]
+Engine = Literal["local", "ray"]
+
+LOCAL_FILES = DicomWebInput()  # `triage predict` without --dicomweb
 
 app = typer.Typer(
     name="triage",
@@ -65,8 +69,16 @@ def main(
 
 @app.command(hidden=True)
 def version() -> None:
-    """Print the version (also: triage --version)."""
+    """Print the version (also: triage --version) and ONNX Runtime's execution providers: available (in
+    the installed wheel) and active (a session starts them here: CUDA needs the driver, CUDA 13, cuDNN 9)."""
+    import onnxruntime as ort
+
+    from triage.backends.onnx import active_providers
+
     typer.echo(__version__)
+    typer.echo(f"onnxruntime {ort.__version__}")
+    typer.echo(f"providers available: {', '.join(ort.get_available_providers())}")
+    typer.echo(f"providers active: {', '.join(active_providers())}")
 
 
 @app.command(rich_help_panel="Data")
@@ -155,10 +167,34 @@ def contact_sheet_cmd(
 
 
 @app.command(rich_help_panel="Predict")
+@option_sets
 def predict(
-    paths: Annotated[list[str], typer.Argument(help="DICOM files, folders (recursive) or globs.")],
     model: Annotated[Path, typer.Option("--model", "-m", help="Model bundle folder (card.json + models).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")],
+    paths: Annotated[
+        list[str] | None, typer.Argument(help="DICOM files, folders (recursive) or globs (or --dicomweb).")
+    ] = None,
+    files_from: Annotated[
+        str | None,
+        typer.Option(help="Manifest of inputs: a text file (one per line), .csv or .parquet; - for stdin."),
+    ] = None,
+    column: Annotated[
+        str | None, typer.Option(help="The manifest's column of paths (default: 'path', or its only one).")
+    ] = None,
+    shard: Annotated[
+        str | None, typer.Option(help="Run only shard K/N (K = 0..N-1) of the inputs, split by file path.")
+    ] = None,
+    engine: Annotated[
+        Engine, typer.Option(help="ray: a Ray cluster's actor pool (the scale extra).")
+    ] = "local",
+    address: Annotated[
+        str | None, typer.Option(help="--engine ray: the cluster (HOST:PORT, ray://HOST:10001, auto, local).")
+    ] = None,
+    actors: Annotated[
+        int, typer.Option(min=0, help="--engine ray: actor pool size; 0 = as many as fit.")
+    ] = 0,
+    cpus_per_actor: Annotated[float, typer.Option(help="--engine ray: CPUs per actor.")] = 1.0,
+    gpus_per_actor: Annotated[float, typer.Option(help="--engine ray: GPUs per actor (CUDA).")] = 0.0,
     tta: Annotated[bool, typer.Option(help="Test-time augmentation as the bundle's card lists.")] = True,
     saliency: Annotated[bool, typer.Option(help="Saliency (CAM, and the saliency model if any).")] = True,
     output_format: Annotated[
@@ -180,13 +216,14 @@ def predict(
         int, typer.Option(min=1, help="Largest image accepted, in decoded pixels (checked before decoding).")
     ] = 40_000_000,  # triage.io.codestream.DEFAULT_MAX_PIXELS (not imported: keeps start-up fast)
     resume: Annotated[bool, typer.Option(help="Continue a batch in OUT, skipping finished inputs.")] = False,
+    web: DicomWebInput = LOCAL_FILES,
 ) -> None:
     """Triage chest radiographs with a model bundle.
 
     Gate, segment, threshold, saliency; writes results.jsonl, worklist.csv and the DICOM outputs.
     """
     from triage.cascade.predict import PredictOptions
-    from triage.cli.predict_cmd import run_predict
+    from triage.cli.predict_cmd import BatchSource, run_predict
     from triage.io.dicom import ReadPolicy
     from triage.outputs.formats import parse_formats
 
@@ -204,17 +241,53 @@ def predict(
             variant=variant,
             resume=resume,
         )
+
+        def batch(inputs: list[str]) -> BatchSource:
+            return BatchSource.parse(
+                inputs, files_from, column, shard, engine, address, actors, cpus_per_actor, gpus_per_actor
+            )
+
+        if web.dicomweb is None:
+            if web.study or web.since:
+                raise ValueError("--study and --since need --dicomweb URL")
+            source = batch(paths or [])
+        elif paths or files_from:
+            raise ValueError("give either local inputs (paths, --files-from) or --dicomweb, not both")
+        else:
+            batch([str(out)])  # the other options are checked before anything is retrieved
     except ValueError as exc:
         fail("predict", str(exc))
-    raise typer.Exit(run_predict(paths, model, out, options))
+    if web.dicomweb is not None:
+        from triage.cli.dicomweb_input import predict_dicomweb
+
+        raise typer.Exit(predict_dicomweb(web, model, out, options, batch))
+    raise typer.Exit(run_predict(source, model, out, options))
+
+
+@app.command(rich_help_panel="Predict")
+def merge(
+    parts: Annotated[list[Path], typer.Argument(help="The --out folders of the shard jobs.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the merged results.")],
+) -> None:
+    """Join the outputs of shard jobs into one batch.
+
+    The --out folders of `triage predict --shard K/N` become one results.jsonl (every input once) and one
+    worklist.csv; a missing, repeated or unfinished shard is named.
+    """
+    from triage.cli.predict_cmd import run_merge
+
+    raise typer.Exit(run_merge(parts, out))
 
 
 @app.command(rich_help_panel="Predict")
 def evaluate(
     model: Annotated[
         list[Path],
-        typer.Option("--model", "-m", help="A bundle, or training runs: a classifier run and/or a "
-                                           "segmenter/baseline run."),
+        typer.Option(
+            "--model",
+            "-m",
+            help="A bundle, or training runs: a classifier run and/or a segmenter/baseline run.",
+        ),
     ],
     data: Annotated[Path, typer.Option(help="Labelled data: SIIM-ACR layout or folder format.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Report folder (report.md, report.json, PNGs).")],
@@ -241,8 +314,10 @@ def evaluate(
     ] = False,
     corruptions: Annotated[
         bool,
-        typer.Option(help="Add the corruption-robustness section: 5 corruptions x 5 severities, delta AUC "
-                          "and delta Dice (docs/saliency.md)."),
+        typer.Option(
+            help="Add the corruption-robustness section: 5 corruptions x 5 severities, delta AUC "
+            "and delta Dice (docs/saliency.md)."
+        ),
     ] = False,
 ) -> None:
     """Measure a bundle or training runs on labelled data.

@@ -18,6 +18,7 @@ import numpy as np
 from triage import metrics
 from triage.bundle import Thresholds
 from triage.evaluation import figures
+from triage.evaluation.confound import drain_markdown, drain_report
 from triage.evaluation.context import Context, Section, SectionOutput, auc_or_nan, fmt
 from triage.evaluation.predictions import STRATA
 from triage.evaluation.saliency import corruptions, saliency
@@ -112,6 +113,10 @@ def summary(ctx: Context) -> SectionOutput:
                 ],
             ),
         ]
+        drain = drain_report(p.probability, y, p.strata, ctx.ci)
+        if drain is not None:
+            data["classifier"]["drain"] = drain
+            md += ["", "**The drain confound** (AUCs a drain cannot earn)", "", drain_markdown(drain)]
     if ctx.has_segmenter:
         rows, seg = [], {}
         variants = ([("cascade (gate + segmenter)", "model")] if ctx.has_classifier else []) + [

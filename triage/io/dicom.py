@@ -20,6 +20,7 @@ never after another decoder rejected the data, because GDCM aborts the process o
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from triage.errors import ErrorCode, TriageError, safe_text
 from triage.io.codestream import DEFAULT_MAX_PIXELS, SizeLimit, check_decoded_size
 from triage.io.dicomfile import FATAL, open_dataset, patient_identifiers, text_value, unforeseen_error
 from triage.io.dicomfile import read_header as read_header  # re-exported: the reader's header-only form
+from triage.io.reduced import decode_reduced
 
 logger = logging.getLogger(__name__)
 
@@ -90,9 +92,11 @@ LENIENT_POLICY = ReadPolicy(any_modality=True, min_size=1)
 @dataclass(frozen=True)
 class DicomImage:
     """A decoded single-frame grayscale image: ``pixels`` float32 (rows, columns) in [0, 1], 1 = bright on a
-    standard display (bone); ``pixel_spacing_mm`` (row, column) in mm from ImagerPixelSpacing, else
-    PixelSpacing, else None, as ``spacing_source`` says ("none" for None); ``dataset`` the header without
-    Pixel Data (for DICOM SEG / SC); ``decoder`` the pydicom plugin used ("native" when uncompressed)."""
+    standard display (bone), smaller than (rows, columns) when read at a reduced resolution (``need``);
+    ``pixel_spacing_mm`` (row, column) in mm from ImagerPixelSpacing, else PixelSpacing, else None, as
+    ``spacing_source`` says ("none" for None); ``dataset`` the header without Pixel Data (for DICOM SEG /
+    SC); ``decoder`` the plugin used ("native" when uncompressed, "pillow-j2k-reduceN" / "pillow-jpeg-draft"
+    for a reduced-resolution decode)."""
 
     pixels: np.ndarray
     study_uid: str
@@ -432,8 +436,18 @@ def _spacing(ds: pydicom.Dataset) -> tuple[tuple[float, float] | None, str]:
     return None, "none"
 
 
-def read_image(path: Path, policy: ReadPolicy = DEFAULT_POLICY) -> DicomImage:
-    """Read and validate one DICOM radiograph; raises only TriageError (codes: module docstring)."""
+def read_image(
+    path: Path,
+    policy: ReadPolicy = DEFAULT_POLICY,
+    need: Callable[[tuple[int, int]], tuple[int, int]] | None = None,
+) -> DicomImage:
+    """Read and validate one DICOM radiograph; raises only TriageError (codes: module docstring).
+
+    ``need``: (Rows, Columns) → the (rows, columns) the caller's outputs need at least; a compressed image
+    may then be decoded
+    at a reduced resolution ≥ that (:mod:`triage.io.reduced`): ``pixels`` is smaller than Rows × Columns,
+    which ``rows`` / ``columns`` keep. None (the default) decodes the full grid.
+    """
     ds: pydicom.Dataset | None = None
     try:
         ds = open_dataset(Path(path), stop_before_pixels=False, limit=policy.size_limit)
@@ -444,7 +458,8 @@ def read_image(path: Path, policy: ReadPolicy = DEFAULT_POLICY) -> DicomImage:
             raise TriageError(ErrorCode.DECODE_FAILED, message)
         _check_codec(ds, ts)
         _check_pixel_data_size(ds, ts, rows, columns)
-        stored, plugin = _decode(ds, ts)
+        reduced = decode_reduced(ds, ts, (rows, columns), need((rows, columns))) if need else None
+        stored, plugin = reduced or _decode(ds, ts)
         try:
             pixels = _render(stored, ds)
         except (ValueError, TypeError, IndexError, NotImplementedError) as exc:
@@ -466,8 +481,8 @@ def read_image(path: Path, policy: ReadPolicy = DEFAULT_POLICY) -> DicomImage:
             pixel_spacing_mm=spacing,
             transfer_syntax=str(ts),
             dataset=ds,
-            rows=int(pixels.shape[0]),
-            columns=int(pixels.shape[1]),
+            rows=rows,
+            columns=columns,
             spacing_source=source,
             decoder=plugin,
         )

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -149,7 +150,7 @@ def finished_inputs(out: Path) -> set[str]:
     return {r.input for r in done} | {r.input_sha256 for r in done if r.input_sha256}
 
 
-def is_finished(path: str, done: set[str]) -> bool:
+def is_finished(path: str, done: AbstractSet[str]) -> bool:
     """Whether input ``path`` (as given) is among :func:`finished_inputs`."""
     return path in done or input_digest(path) in done
 
@@ -196,11 +197,15 @@ def _row(rank: int, study: _Study) -> list[str]:
     ok = study.ok
     priorities = [r.priority for r in study.records if r.priority is not None]
     areas = [r.mask_area_mm2 for r in study.decided if r.mask_area_mm2 is not None]
-    try:
-        outputs = f"studies/{validated_uid(study.uid, 'StudyInstanceUID')}"
-    except TriageError:
-        logger.warning("worklist: study with an invalid StudyInstanceUID has no output folder")
-        outputs = ""
+    written = [path for r in study.records for path in r.outputs.values()]
+    if written:  # the folder its outputs went to (a merged batch keeps them in the shard's folder)
+        outputs = os.path.dirname(written[0])
+    else:
+        try:
+            outputs = f"studies/{validated_uid(study.uid, 'StudyInstanceUID')}"
+        except TriageError:
+            logger.warning("worklist: study with an invalid StudyInstanceUID has no output folder")
+            outputs = ""
     return [
         str(rank),
         _cell(study.uid),

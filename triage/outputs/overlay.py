@@ -197,15 +197,19 @@ def output_size(shape: tuple[int, int], max_side: int) -> tuple[int, int]:
 
 
 def overlay_base(
-    image: np.ndarray, max_side: int = OVERLAY_MAX_SIDE, pil: Image.Image | None = None
+    image: np.ndarray,
+    max_side: int = OVERLAY_MAX_SIDE,
+    pil: Image.Image | None = None,
+    shape: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """``image`` (float HxW in [0, 1]) shrunk to the size :func:`render_overlay` draws it at (box filter,
     as the overlay does): all of the picture an overlay needs. Holding this instead of the source grid
     keeps 4 MB per 2048² image in flight instead of 16 MB; ``render_overlay(base, ..., shape=(H, W))``
     then draws exactly what ``render_overlay(image, ...)`` would. ``pil``: ``image`` as a PIL "F" image
-    if the caller has it (the readers make one for all their resizes)."""
+    if the caller has it (the readers make one for all their resizes). ``shape``: the source grid when
+    ``image`` is a reduced-resolution decode of it (the overlay's size is the source's)."""
     img = _check_unit_float("image", image)
-    size = output_size((int(img.shape[0]), int(img.shape[1])), max_side)
+    size = output_size(shape or (int(img.shape[0]), int(img.shape[1])), max_side)
     return _resize(img, size, smooth_up=False, pil=pil)
 
 

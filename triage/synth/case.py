@@ -13,7 +13,16 @@ import numpy as np
 
 from triage.synth.anatomy import SIDES, Anatomy, Habitus, View, build_anatomy
 from triage.synth.config import PhantomConfig
-from triage.synth.devices import Drain, EcgLead, SideMarker, sample_drain, sample_ecg, sample_marker
+from triage.synth.devices import (
+    CornerMarker,
+    Drain,
+    EcgLead,
+    SideMarker,
+    sample_corner_marker,
+    sample_drain,
+    sample_ecg,
+    sample_marker,
+)
 from triage.synth.geometry import Pose
 from triage.synth.lesions import STRATA, Pneumothorax, Stratum, Vessel, sample_pneumothorax, vessel_tree
 
@@ -34,6 +43,7 @@ class Case:
     gamma: float
     blur_px: float  # system blur, sigma in pixels at 1024 px
     render_seed: int
+    corner_marker: CornerMarker | None = None  # the positive control's confounder
 
     @property
     def rotation_deg(self) -> float:
@@ -65,6 +75,15 @@ def sample_case(config: PhantomConfig, habitus: Habitus, label: bool, rng: np.ra
     ecg = sample_ecg(anatomy, rng) if rng.random() < p_ecg else []
     marker = sample_marker(rng) if rng.random() < config.side_marker else None
     lo, hi = config.blur_px
+    exposure = float(rng.uniform(1.35, 1.9) * (0.92 if view == "AP" else 1.0))
+    gamma = float(rng.uniform(0.85, 1.2))
+    blur = float(rng.uniform(lo, hi))
+    render_seed = int(rng.integers(2**63 - 1))
+    corner = None
+    if config.corner_marker_given_positive > 0 or config.corner_marker_given_negative > 0:
+        p_corner = config.corner_marker_given_positive if label else config.corner_marker_given_negative
+        if rng.random() < p_corner:  # drawn last: with the option off, no other draw changes
+            corner = sample_corner_marker(rng)
     return Case(
         config=config,
         label=label,
@@ -76,8 +95,9 @@ def sample_case(config: PhantomConfig, habitus: Habitus, label: bool, rng: np.ra
         drain=drain,
         ecg=ecg,
         marker=marker,
-        exposure=float(rng.uniform(1.35, 1.9) * (0.92 if view == "AP" else 1.0)),
-        gamma=float(rng.uniform(0.85, 1.2)),
-        blur_px=float(rng.uniform(lo, hi)),
-        render_seed=int(rng.integers(2**63 - 1)),
+        exposure=exposure,
+        gamma=gamma,
+        blur_px=blur,
+        render_seed=render_seed,
+        corner_marker=corner,
     )

@@ -54,6 +54,11 @@ class PhantomConfig:
     ecg_given_positive: float = 0.35
     ecg_given_negative: float = 0.25
     side_marker: float = 0.85
+    corner_marker_given_positive: float = 0.0
+    """The positive control's confounder (a bright square in the lower-right corner, outside the lungs):
+    its probability in positive and negative images. Both 0 (the default) draws nothing and leaves every
+    other random draw as it was."""
+    corner_marker_given_negative: float = 0.0
 
     # --- acquisition mix ---
     ap_fraction: float = 0.40
@@ -71,6 +76,8 @@ class PhantomConfig:
             "ecg_given_positive",
             "ecg_given_negative",
             "side_marker",
+            "corner_marker_given_positive",
+            "corner_marker_given_negative",
             "ap_fraction",
             "dx_fraction",
             "monochrome1_fraction",

@@ -9,6 +9,8 @@ Layout of OUT::
     lungs/<SOP>.png      lung fields (0/255): the "relevant region" for saliency training
     heatmaps/<SOP>.png   reading heatmap (0..255)
     drains/<SOP>.png     chest-drain pixels (0/255), only for images with a drain
+    corner_markers/<SOP>.png  the positive control's corner marker (0/255), only where one is drawn
+                         (`corner_marker_given_positive/negative` > 0)
     synth.json           the request and the phantom settings that made the set
 """
 

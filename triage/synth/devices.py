@@ -1,4 +1,5 @@
-"""Confounders: chest drain, ECG leads and the side marker, as geometry to draw.
+"""Confounders: chest drain, ECG leads, the side marker and the positive control's corner marker, as
+geometry to draw.
 
 A chest drain accompanies most treated pneumothoraces, so classifiers learn "tube ⇒ pneumothorax";
 the phantom draws one with a label-conditioned probability to make that shortcut measurable.
@@ -34,6 +35,23 @@ class EcgLead:
 class SideMarker:
     letter: Literal["L", "R"]
     box: tuple[float, float, float]  # x, y of the top-left corner and the side length, normalised
+
+
+@dataclass(frozen=True)
+class CornerMarker:
+    """The positive control's planted confounder (seeds.md B, experiment 2): a solid square token in the
+    lower-right corner, on the detector (it does not move with the patient), entirely outside the lungs."""
+
+    box: tuple[float, float, float]  # x, y of the top-left corner and the side length, normalised
+
+    def polygon(self) -> Points:
+        x, y, a = self.box
+        return np.array([(x, y), (x + a, y), (x + a, y + a), (x, y + a)])
+
+
+def sample_corner_marker(rng: np.random.Generator) -> CornerMarker:
+    """A 0.06-wide square whose top-left corner lies in [0.88, 0.91]² (it ends before 0.97)."""
+    return CornerMarker((float(rng.uniform(0.88, 0.91)), float(rng.uniform(0.88, 0.91)), 0.06))
 
 
 def sample_drain(anatomy: Anatomy, side: Side, rng: np.random.Generator) -> Drain:

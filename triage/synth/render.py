@@ -28,7 +28,8 @@ class Rendered:
     image: float32 in [0, 1], 1 = most attenuating (bright on a standard display).
     pneumothorax: bool, the ground-truth mask. lungs: bool, the lung fields (pneumothorax included).
     drain: bool, pixels covered by a chest drain. heatmap: float32 in [0, 1], where a reader looks
-    (kept at low resolution as `heatmap_low`; `heatmap` upsamples it).
+    (kept at low resolution as `heatmap_low`; `heatmap` upsamples it). corner_marker: bool, the positive
+    control's corner marker (all False without one).
     """
 
     image: FloatImage
@@ -36,6 +37,7 @@ class Rendered:
     lungs: BoolImage
     drain: BoolImage
     heatmap_low: FloatImage
+    corner_marker: BoolImage | None = None
 
     @property
     def heatmap(self) -> FloatImage:
@@ -138,6 +140,8 @@ def _sharp_layers(case: Case, n: int) -> FloatImage:
     if case.marker is not None:
         for stroke in marker_strokes(case.marker):
             devices.polyline(stroke, 0.005, 1.6)
+    if case.corner_marker is not None:
+        devices.polygon(case.corner_marker.polygon(), 1.6)
 
     open_lung = lungs * (1.0 - ptx)
     total = (
@@ -200,7 +204,10 @@ def render(case: Case, size: int) -> Rendered:
     sigma = np.float32(case.config.noise * np.sqrt(1024 / size))
     image += _noise(size, rng) * (sigma * (np.float32(0.6) + np.float32(0.5) * image))
     np.clip(image, 0.0, 1.0, out=image)
-    return Rendered(image, ptx_mask, lungs, drain, _heatmap(case, n_low))
+    corner = np.zeros((size, size), bool)
+    if case.corner_marker is not None:
+        corner = polygon_mask(case.corner_marker.polygon(), size)
+    return Rendered(image, ptx_mask, lungs, drain, _heatmap(case, n_low), corner)
 
 
 _NOISE_BANK: dict[int, FloatImage] = {}

@@ -31,7 +31,13 @@ from triage.synth.lesions import stratum_of
 from triage.synth.render import Rendered, render
 
 DICOM_DIR = "dicom-images-train"
-MASK_DIRS = {"mask": "masks", "lungs": "lungs", "heatmap": "heatmaps", "drain_mask": "drains"}
+MASK_DIRS = {
+    "mask": "masks",
+    "lungs": "lungs",
+    "heatmap": "heatmaps",
+    "drain_mask": "drains",
+    "corner_marker_mask": "corner_markers",
+}
 TRANSFER_SYNTAX_NAMES = {
     "none": "explicit-vr-little-endian",
     "rle": "rle-lossless",
@@ -136,6 +142,7 @@ def make_study(plan: StudyPlan) -> tuple[dict[str, Any], list[str]]:
         "drain": int(case.drain is not None),
         "ecg": int(bool(case.ecg)),
         "side_marker": case.marker.letter if case.marker else "none",
+        "corner_marker": int(case.corner_marker is not None),
         "view": case.view,
         "modality": acq.modality,
         "photometric": acq.photometric,
@@ -158,6 +165,8 @@ def _write_ground_truth(out: Path, sop: str, rendered: Rendered) -> dict[str, st
     }
     if rendered.drain.any():
         arrays["drain_mask"] = rendered.drain.astype(np.uint8) * 255
+    if rendered.corner_marker is not None and rendered.corner_marker.any():
+        arrays["corner_marker_mask"] = rendered.corner_marker.astype(np.uint8) * 255
     paths = {key: "" for key in MASK_DIRS}
     for key, array in arrays.items():
         rel = Path(MASK_DIRS[key]) / f"{sop}.png"

@@ -1,0 +1,1 @@
+"""Archive scale: the cascade on a cluster (Ray Data, the `scale` extra), imported lazily."""
