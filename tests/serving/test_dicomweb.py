@@ -39,7 +39,7 @@ pytestmark = pytest.mark.slow
 require_dicomweb_extra()
 
 USER, PASSWORD = "triage", "Zq7-secret-Wx"  # the password must never show in a log
-COMPARED_OUT = {"input", "input_sha256", "timings_ms", "job", "version", "job_state"}  # where the file came from
+COMPARED_OUT = {"input", "input_sha256", "timings_ms", "job", "version", "job_state"}
 
 
 def _pacs(root: Path) -> Orthanc:
