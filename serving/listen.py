@@ -19,10 +19,8 @@
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
-from pathlib import Path
 from typing import Any
 
 from pydicom import uid as uids
@@ -233,15 +231,6 @@ class DicomSource:
     def _recover_spool(self) -> None:
         """Spool files written but not registered before a crash (their C-STORE was never answered, so
         the sender will also resend them; registering is idempotent)."""
-        from serving.watch import arrival_from_header
+        from serving.watch import recover_spool
 
-        if not self.spool.is_dir():
-            return
-        for base, _dirs, names in os.walk(self.spool):
-            for name in names:
-                path = Path(base) / name
-                if name.startswith(".") or not name.endswith(".dcm"):
-                    continue
-                st = path.stat()
-                if not self.store.is_known(str(path), st.st_size, st.st_mtime_ns):
-                    self.store.register(arrival_from_header(path, st.st_size, st.st_mtime_ns, st.st_mtime))
+        recover_spool(self.spool, self.store)

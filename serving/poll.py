@@ -21,12 +21,10 @@ back-off (``--retry-base`` … ``--retry-max``); the service keeps running.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import date, timedelta
-from pathlib import Path
 
 from pydicom import uid as uids
 
@@ -215,15 +213,6 @@ class PollSource(Loop):
 
     def _recover_spool(self) -> None:
         """Spool files written but not registered before a crash (registering is idempotent)."""
-        from serving.watch import arrival_from_header
+        from serving.watch import recover_spool
 
-        if not self.spool.is_dir():
-            return
-        for base, _dirs, names in os.walk(self.spool):
-            for name in names:
-                path = Path(base) / name
-                if name.startswith(".") or not name.endswith(".dcm"):
-                    continue
-                st = path.stat()
-                if not self.store.is_known(str(path), st.st_size, st.st_mtime_ns):
-                    self.store.register(arrival_from_header(path, st.st_size, st.st_mtime_ns, st.st_mtime))
+        recover_spool(self.spool, self.store)

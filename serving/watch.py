@@ -97,6 +97,21 @@ def arrival_from_header(path: Path, size: int, mtime_ns: int, arrived_at: float)
         return Arrival(str(path), size, mtime_ns, arrived_at, None, None, error)
 
 
+def recover_spool(spool: Path, store: JobStore) -> None:
+    """Register the ``.dcm`` files under a receiver's ``spool`` that a crash left written but unregistered
+    (registering is idempotent): the listener's and the DICOMweb poller's start-up step."""
+    if not spool.is_dir():
+        return
+    for base, _dirs, names in os.walk(spool):
+        for name in names:
+            path = Path(base) / name
+            if name.startswith(".") or not name.endswith(".dcm"):
+                continue
+            st = path.stat()
+            if not store.is_known(str(path), st.st_size, st.st_mtime_ns):
+                store.register(arrival_from_header(path, st.st_size, st.st_mtime_ns, st.st_mtime))
+
+
 class FolderSource:
     """Watches ``config.folder``; :meth:`tick` (called by the service's main loop) settles files."""
 
