@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
-# The triage image: the runtime + the serving extra (+ the gpu extra in the GPU variant), for
-# `triage watch` and `triage listen` (every other runtime command works too). docs/deploy.md explains
+# The triage image: the runtime + the serving and dicomweb extras (+ the gpu extra in the GPU variant), for
+# `triage watch`, `triage listen` and `triage poll` (every other runtime command works too). docs/deploy.md explains
 # building and running it.
 #
 #   GPU (default): docker build -t triage:gpu .
@@ -43,7 +43,7 @@ WORKDIR /src
 # Dependencies first (a layer that survives code changes), from pyproject.toml with the lock.
 COPY pyproject.toml constraints.txt constraints-gpu.txt README.md ./
 COPY tools/image_requirements.py tools/
-RUN python tools/image_requirements.py --variant "${VARIANT}" --extras serving --tensorrt "${TENSORRT}" \
+RUN python tools/image_requirements.py --variant "${VARIANT}" --extras serving,dicomweb --tensorrt "${TENSORRT}" \
         > /tmp/requirements.txt \
  && pip install -c constraints.txt -c constraints-gpu.txt -r /tmp/requirements.txt \
  && rm /tmp/requirements.txt

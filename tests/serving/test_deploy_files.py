@@ -119,7 +119,7 @@ def _env(path: Path) -> dict[str, str]:
 
 
 def test_systemd_units_use_existing_options_and_their_env_files() -> None:
-    for command in ("watch", "listen"):
+    for command in ("watch", "listen", "poll"):
         unit = (ROOT / "deploy" / f"triage-{command}.service").read_text()
         env = _env(ROOT / "deploy" / f"{command}.env")
         joined = re.sub(r"\\\n\s*", " ", unit)
