@@ -34,7 +34,7 @@ def train_command(
         fold_value = fold if fold in ("all", "full") else parse_fold(fold, run.folds)
         req = RunRequest(
             data, out, run.folds, fold_value, run.resume, run.drop_bad_labels, run.init, run.cache,
-            progress=not run.quiet,
+            progress=not run.quiet, jobs=run.jobs,
         )
         runs = train(cfg, req)
     except Interrupted as exc:
@@ -86,7 +86,7 @@ def experiment_command(opts: ExperimentOptions) -> int:
     try:
         summary: dict[str, Any] = run(
             opts.data, opts.out, opts.test, opts.preset, opts.folds, opts.overrides, opts.cache,
-            progress=not opts.quiet,
+            progress=not opts.quiet, jobs=opts.jobs,
         )
     except Interrupted as exc:
         typer.echo(f"triage experiment: {exc}; run the same command again to continue", err=True)

@@ -1,4 +1,4 @@
-"""DistributedDataParallel for the fastai ``Learner`` (``triage train … --devices N`` / ``torchrun``).
+"""DistributedDataParallel for the fastai ``Learner`` (started by ``torchrun``).
 
 fastai's own ``fastai.distributed.DistributedTrainer`` needs Hugging Face ``accelerate`` (not installed;
 importing the module fails without it), its ``DistributedDL`` broadcasts the epoch's indices with NCCL

@@ -68,6 +68,9 @@ class Interrupted(Exception):
         super().__init__(f"interrupted at epoch {epoch + 1}, batch {step}")
         self.epoch, self.step = epoch, step
 
+    def __reduce__(self) -> tuple[type[Interrupted], tuple[int, int]]:  # sent back by a --jobs worker
+        return (Interrupted, (self.epoch, self.step))
+
 
 class _Stop(Exception):
     """Raised out of fastai's loop (not one of its Cancel exceptions) when a stop was requested."""

@@ -345,7 +345,8 @@ def paired_markdown(p: dict[str, Any]) -> str:
 
 
 def cross_validate(
-    data: Path, out: Path, cfgs: dict[str, TrainConfig], folds: int, cache: Path | None, progress: bool
+    data: Path, out: Path, cfgs: dict[str, TrainConfig], folds: int, cache: Path | None, progress: bool,
+    jobs: int = 1,
 ) -> dict[str, Any]:
     """Steps 1-3 for one set of configs (one seed) into ``out``; returns the table and the timings."""
     out.mkdir(parents=True, exist_ok=True)
@@ -355,7 +356,9 @@ def cross_validate(
         logger.info("cross-validating the %s (%d folds) into %s", role, folds, out)
         train(
             cfgs[role],
-            RunRequest(data, out / role, folds, "all", resume=True, cache_dir=cache, progress=progress),
+            RunRequest(
+                data, out / role, folds, "all", resume=True, cache_dir=cache, progress=progress, jobs=jobs
+            ),
         )
         timings[role] = round(time.perf_counter() - t, 1)
     block, _ = choose(out / "classifier", out / "segmenter")
@@ -391,9 +394,11 @@ def run(
     overrides: list[str],
     cache: Path | None,
     progress: bool = True,
+    jobs: int = 1,
 ) -> dict[str, Any]:
     """The whole experiment; ``--set seed=0,1,2`` runs one cross-validation per seed (OUT/seed-S/) on the
-    same folds and adds the paired comparisons over the seeds (OUT/paired.json, OUT/paired.md)."""
+    same folds and adds the paired comparisons over the seeds (OUT/paired.json, OUT/paired.md). ``jobs``:
+    fold runs trained side by side (:mod:`training.fold_jobs`)."""
     t0, cpu0 = time.perf_counter(), _usage()["cpu_s"]
     seeds, rest = seeds_of(overrides)
     out.mkdir(parents=True, exist_ok=True)
@@ -402,7 +407,7 @@ def run(
     cfgs: dict[str, TrainConfig] = {}
     for seed, d in zip(seeds, dirs, strict=True):
         cfgs = configs(preset, rest + ([f"seed={seed}"] if seed is not None else []))
-        summary["runs"][d.name] = cross_validate(data, d, cfgs, folds, cache, progress)
+        summary["runs"][d.name] = cross_validate(data, d, cfgs, folds, cache, progress, jobs)
         if len(dirs) == 1:
             summary |= summary.pop("runs")[d.name]
     t = time.perf_counter()

@@ -27,6 +27,12 @@ Cache = Annotated[
     Path | None,
     typer.Option(help="Grid cache folder (default $TRIAGE_CACHE_DIR or ~/.cache/triage/grids)."),
 ]
+_JOBS_HELP = (
+    "Fold runs trained side by side, each in its own process (CPU: cores ÷ N threads each; "
+    "CUDA: one GPU each)."
+)
+Jobs = Annotated[int, typer.Option(min=1, help=_JOBS_HELP + " With --fold all.")]
+ExperimentJobs = Annotated[int, typer.Option(min=1, help=_JOBS_HELP)]
 Overrides = Annotated[
     list[str],
     typer.Option("--set", help="KEY=VALUE config override, dotted keys (augment.rotate_deg=5); repeatable."),
@@ -42,6 +48,7 @@ class RunOptions:
     ] = None
     overrides: Overrides = field(default_factory=list)
     folds: Folds = 5
+    jobs: Jobs = 1
     epochs: Annotated[int | None, typer.Option(min=1, help="Epochs (overrides the preset).")] = None
     batch_size: Annotated[int | None, typer.Option(min=1, help="Batch size.")] = None
     lr: Annotated[
@@ -81,4 +88,5 @@ class ExperimentOptions:
         typer.Option("--set", help="ROLE.KEY=VALUE for one role (classifier.epochs=8), KEY=VALUE for all."),
     ] = field(default_factory=list)
     cache: Annotated[Path | None, typer.Option(help="Grid cache folder.")] = None
+    jobs: ExperimentJobs = 1
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False

@@ -33,6 +33,7 @@ from training import distributed
 from training.config import TrainConfig, write_config
 from training.data import GridDataset, model_spec
 from training.engine import STATE, FitResult, Hook, Trainer, pick_device
+from training.fold_jobs import check_jobs, train_folds
 from training.models import build_model, load_init_weights
 from training.oof import oof_done, write_oof
 from training.prepare import (
@@ -69,6 +70,7 @@ class RunRequest:
     init: Path | None = None
     cache_dir: Path | None = None
     progress: bool = True
+    jobs: int = 1  # fold runs trained side by side (fold "all" only; training.fold_jobs)
 
 
 def git_commit() -> str:
@@ -312,19 +314,28 @@ def train(config: TrainConfig, req: RunRequest, hooks: Sequence[Hook] = ()) -> l
             f"--folds must be at least 2 (got {req.folds}); use --fold full to train on all images"
         )
     fold = req.fold if isinstance(req.fold, str) else parse_fold(str(req.fold), req.folds)
+    if req.jobs != 1 and fold != "all":
+        raise DataError("--jobs trains the folds of a cross-validation side by side: use it with --fold all")
     if fold == "full":
         return [train_one(config, req, req.out, None, hooks=hooks)]
     if fold != "all":
         return [train_one(config, req, req.out, int(fold), hooks=hooks)]
     if req.out.exists() and any(req.out.iterdir()) and not req.resume and distributed.world()[0] == 0:
         raise DataError(f"{req.out} is not empty; pass --resume to continue, or choose another --out")
-    prep = prepare_for(config, req)
+    jobs = check_jobs(req.jobs, config.device, req.folds)
+    if jobs > 1 and (hooks or distributed.world()[1] > 1):
+        raise DataError("--jobs runs folds in separate processes: not with training hooks or under torchrun")
+    prep = prepare_for(config, req)  # the grid cache, built once for every fold
     check_problems(prep, req, req.out)
     folds = assign_folds(prep, req.folds, req.data)
-    runs = []
-    for k in range(req.folds):
-        logger.info("fold %d of %d", k, req.folds)
-        runs.append(train_one(config, req, req.out / f"fold-{k}", k, prep, folds, hooks))
+    if jobs > 1:
+        by_fold = train_folds(config, req, jobs, list(range(req.folds)))
+        runs = [by_fold[k] for k in range(req.folds)]
+    else:
+        runs = []
+        for k in range(req.folds):
+            logger.info("fold %d of %d", k, req.folds)
+            runs.append(train_one(config, req, req.out / f"fold-{k}", k, prep, folds, hooks))
     if distributed.world()[0] != 0:
         return runs
     summary = {
