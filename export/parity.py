@@ -7,7 +7,8 @@ threshold are exactly what ``triage predict`` does. Figures per model, on every 
 * classifier: max |Δ| of P(pneumothorax) after TTA, max |Δ| of the displayed CAM (ReLU, /max, [0, 1]),
   and the number of images whose gate decision (P ≥ gate) differs;
 * segmenter (run on every image, not only the gated ones, for coverage): max |Δ| of the probability map
-  after TTA, the number of images whose triplet mask differs and the differing pixels;
+  after TTA, the number of images whose triplet mask differs, the differing pixels, and the number
+  whose decision (empty mask or not) differs;
 * saliency: max |Δ| of the displayed map (ReLU, /max, [0, 1]), on the saliency model's own input.
 
 ``roles`` limits what is measured (``triage export-saliency`` measures only the saliency model).
@@ -115,6 +116,10 @@ def measure(
             "images": n,
             "max_abs_diff": {"probability": float(np.abs(ref.seg - got.seg).max())},
             "mask_mismatches": int(sum(d > 0 for d in differ)),
+            # images whose decision (an empty mask or not) differs: what a reader of the worklist sees
+            "mask_decision_mismatches": int(
+                sum(bool(a.any()) != bool(b.any()) for a, b in zip(masks_ref, masks_got, strict=True))
+            ),
             "mask_pixels_differing": int(sum(differ)),
             "non_empty_masks": int(sum(bool(m.any()) for m in masks_ref)),
             "mask_dice": float(np.mean([_dice(a, b) for a, b in zip(masks_ref, masks_got, strict=True)])),

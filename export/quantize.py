@@ -206,13 +206,20 @@ def quantize(
             if "worst:" in recipe.keep_float:
                 k = int(recipe.keep_float.rsplit(":", 1)[1])
                 exclude = sorted({*exclude, *_worst_nodes(pre, out, reader, k)})
+                quantisable = [n.name for n in named.graph.node if n.op_type in _QUANTISED]
+                if not set(quantisable) - set(exclude):
+                    raise ExportError(
+                        f"{recipe.keep_float} keeps all {len(quantisable)} quantisable nodes of the {role} "
+                        "in float: that is the FP32 graph, not an INT8 one"
+                    )
                 run(exclude)
         except ExportError:
             raise
         except Exception as exc:
             raise ExportError(f"INT8 quantisation of the {role} failed: {type(exc).__name__}: {exc}") from exc
     _keep_output_shapes(fp32, out)
-    return {**recipe.describe(), "float_node_names": exclude}
+    quantised = sum(n.op_type in _QUANTISED for n in named.graph.node) - len(exclude)
+    return {**recipe.describe(), "float_node_names": exclude, "quantised_nodes": quantised}
 
 
 def _keep_output_shapes(fp32: Path, out: Path) -> None:

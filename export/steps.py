@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import shutil
 import subprocess
 import time
@@ -40,6 +41,7 @@ from triage.cascade.models import CascadeModels
 from triage.system import usable_cores
 
 INT8_PAYS = 1.2  # INT8 becomes the CPU default of a model only if it is at least this much faster here
+INT8_MAX_CHANGES = 0.005  # … and changes at most this fraction of the validation images' decisions
 
 
 @dataclass
@@ -220,6 +222,7 @@ def add_int8(
         todo = tuple(role for role in roles if role not in judged)
         if not todo:
             break
+        quantised: list[str] = []
         for role in todo:
             entry = card["models"][role]
             opts.on_step(
@@ -227,9 +230,14 @@ def add_int8(
                 f"{recipe.calibration}, float nodes: {recipe.keep_float})"
             )
             file = entry["file"].replace(".onnx", ".int8.onnx")
-            settings = quantize(
-                root / entry["file"], root / file, INPUT_NAME, calib.batches(role), role, recipe
-            )
+            try:
+                settings = quantize(
+                    root / entry["file"], root / file, INPUT_NAME, calib.batches(role), role, recipe
+                )
+            except ExportError as exc:  # e.g. a recipe that would keep every node in float
+                failures.setdefault(role, []).append(f"{recipe.calibration}/{recipe.keep_float}: {exc}")
+                continue
+            quantised.append(role)
             entry.setdefault("variants", {})["int8"] = {
                 "file": file,
                 "runtime": "onnx",
@@ -239,15 +247,32 @@ def add_int8(
             }
         bundle = write_card(root, card)
         opts.on_step("parity check of the INT8 variants")
-        for role in todo:
+        for role in quantised:
             try:
                 judged.update(check_parity(bundle, reference, "int8", images, (role,), opts.threads))
             except ExportError as exc:
                 failures.setdefault(role, []).append(f"{recipe.calibration}/{recipe.keep_float}: {exc}")
     missing = [role for role in roles if role not in judged]
-    if missing:
+    if missing and opts.int8_default == "int8":
         tried = " | ".join(f for role in missing for f in failures[role])
-        raise ExportError(f"no INT8 recipe passed the parity check for {', '.join(missing)}: {tried}")
+        raise ExportError(
+            f"no INT8 recipe passed the parity check for {', '.join(missing)}: {tried} "
+            "(without --int8-default int8 the export keeps such a model in FP32)"
+        )
+    for role in missing:  # FP32 stays this model's only CPU variant; the card says why
+        entry = card["models"][role]
+        dropped = entry.get("variants", {}).pop("int8", None)
+        if dropped is not None:
+            (root / dropped["file"]).unlink(missing_ok=True)
+        if "variants" in entry and not entry["variants"]:
+            del entry["variants"]
+        entry["int8_refused"] = {
+            "because": "no INT8 recipe passed the parity check; the FP32 graph is the CPU variant",
+            "tolerance": parity.tolerance_for("int8"),
+            "tried": failures[role],
+        }
+        best = min(failures[role], key=_worst_figure)
+        opts.on_step(f"warning: INT8 refused for the {role}, it stays FP32 (best recipe: {best})")
     threads = opts.threads or usable_cores()
     for role, figs in judged.items():
         entry = card["models"][role]
@@ -266,14 +291,24 @@ def add_int8(
             "machine": f"{platform.machine()} {platform.processor()}".strip(),
             "measured": "at export, best of 3, on this machine",
         }
-        choose = opts.int8_default == "int8" or (opts.int8_default == "auto" and speedup >= INT8_PAYS)
+        changed = int(figs.get("gate_mismatches", figs.get("mask_decision_mismatches", 0)))
+        pays, same = speedup >= INT8_PAYS, changed <= INT8_MAX_CHANGES * figs["images"]
+        choose = opts.int8_default == "int8" or (opts.int8_default == "auto" and pays and same)
         entry["default_variant"] = {**entry.get("default_variant", {}), "cpu": "int8" if choose else "fp32"}
         variant["default_because"] = (
             f"--int8-default {opts.int8_default}"
             if opts.int8_default != "auto"
-            else f"speedup {speedup:.2f}x {'>=' if choose else '<'} {INT8_PAYS}x on this machine"
+            else f"speedup {speedup:.2f}x {'>=' if pays else '<'} {INT8_PAYS}x on this machine; "
+            f"{changed} of {figs['images']} validation decisions changed "
+            f"({'within' if same else 'over'} {INT8_MAX_CHANGES:.1%})"
         )
     return write_card(root, card)
+
+
+def _worst_figure(failure: str) -> float:
+    """The figure a parity failure message reports (``… = 0.134 > 0.05``), for choosing the closest."""
+    match = re.search(r"= ([0-9.e+-]+) >", failure)
+    return float(match.group(1)) if match else float("inf")
 
 
 def add_tensorrt(

@@ -25,7 +25,8 @@ Card (format ``triage-bundle/1``)::
              "precision": "fp32",                              # the name of this (base) variant
              "requires": {...}, "parity": {...},               # what it needs to run; export parity figures
              "variants": {"int8": VARIANT, "tensorrt-fp16": VARIANT},
-             "default_variant": {"cpu": "int8", "cuda": "tensorrt-fp16"}}
+             "default_variant": {"cpu": "int8", "cuda": "tensorrt-fp16"},
+             "int8_refused": {"because": ..., "tolerance": {...}, "tried": [...]}}  # no INT8 recipe passed
 
     VARIANT = {"file": "classifier.int8.onnx", "runtime": "onnx" | "tensorrt", "precision": "int8",
                "sha256": "...", "requires": {...}, "parity": {...}, ...}

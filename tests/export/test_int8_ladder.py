@@ -7,8 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from export.errors import ExportError
 from export.quantize import LADDER, Recipe, _name_nodes, end_nodes, quantize
 from tests.bundles import classifier
 
@@ -56,3 +58,12 @@ def test_recipes_keep_what_they_say_in_float(tmp_path: Path) -> None:
     )
     assert len(mixed["float_node_names"]) == 4  # + the one quantised node left with the largest error
     assert _float_weight_nodes(tmp_path / "q2.onnx") == set(mixed["float_node_names"])
+
+
+def test_a_recipe_that_would_keep_every_node_in_float_is_refused(tmp_path: Path) -> None:
+    # the tests' classifier has 5 quantisable nodes (3 ends + 2): "ends+worst:9" would leave none
+    classifier(tmp_path / "c.onnx", 64, seed=0)
+    batches = [np.random.default_rng(i).normal(0, 1, (4, 1, 64, 64)).astype(np.float32) for i in range(3)]
+    with pytest.raises(ExportError, match="keeps all 5 quantisable nodes of the classifier in float"):
+        recipe = Recipe("Percentile", "ends+worst:9")
+        quantize(tmp_path / "c.onnx", tmp_path / "q.onnx", "image", batches, "classifier", recipe)
