@@ -17,10 +17,12 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,23 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PHI = {"PatientName": "QUIXOTEPHI^ZORRINA", "PatientID": "PHIID8831477", "PatientBirthDate": "19230405"}
+
+
+# Service options every test service uses: metrics on a free port, no free-space floor, one thread;
+# and retries seconds apart instead of minutes.
+QUICK = ["--http-port", "0", "--min-free-mb", "1", "--threads", "1"]
+FAST_RETRY = ["--retry-base", "0.2", "--retry-max", "1"]
+
+
+class LoopbackHTTP(ThreadingHTTPServer):
+    """An HTTP server on a free loopback port, serving from a daemon thread from the start."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(("127.0.0.1", 0), handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    def base(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}{path}"
 
 
 def free_port() -> int:

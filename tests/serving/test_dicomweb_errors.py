@@ -11,9 +11,8 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,14 @@ import pydicom
 import pytest
 
 from tests.serving.conftest import Studies
-from tests.serving.helpers import ROOT, ServiceProcess, query_if_ready, require_dicomweb_extra
+from tests.serving.helpers import (
+    QUICK,
+    ROOT,
+    LoopbackHTTP,
+    ServiceProcess,
+    query_if_ready,
+    require_dicomweb_extra,
+)
 from triage.io.dicomweb import (
     AuthSource,
     DicomWebError,
@@ -38,18 +44,17 @@ BOUNDARY = "triage-test-boundary"
 Answer = tuple[int, dict[str, str], bytes]
 
 
-class FakeServer(ThreadingHTTPServer):
+class FakeServer(LoopbackHTTP):
     """Answers each GET with ``answer(path, headers)``; records (path, Authorization) of each request."""
 
     def __init__(self, answer: Callable[[str, Any], Answer]) -> None:
         self.answer = answer
         self.requests: list[tuple[str, str]] = []
-        super().__init__(("127.0.0.1", 0), _Handler)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
+        super().__init__(_Handler)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/dicom-web"
+        return self.base("/dicom-web")
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -221,7 +226,7 @@ def test_the_poller_stays_up_and_says_why_in_triage_jobs(tmp_path: Path, serve: 
     service = ServiceProcess(
         "poll",
         [server.url, "--out", out, "--model", bundle, "--auth-file", auth, "--poll-interval", "0.5",
-         "--http-port", "0", "--min-free-mb", "1", "--threads", "1"],
+         *QUICK],
         tmp_path / "poll.log",
     ).start()  # fmt: skip
     try:
@@ -255,7 +260,7 @@ def test_a_stow_server_that_refuses_gives_up_after_the_limit_with_the_reason_in_
         "watch",
         [tmp_path / "in", "--out", out, "--model", bundle, "--forward-stow", server.url, "--stow-auth-file",
          auth, "--forward-max-rejections", "2", "--retry-base", "0.2", "--retry-max", "0.5",
-         "--quiet-seconds", "0.3", "--http-port", "0", "--min-free-mb", "1", "--threads", "1"],
+         "--quiet-seconds", "0.3", *QUICK],
         tmp_path / "watch.log",
     ).start()  # fmt: skip
     try:

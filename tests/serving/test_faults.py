@@ -14,6 +14,7 @@ import pytest
 
 from tests.serving.conftest import Studies
 from tests.serving.helpers import (
+    QUICK,
     ServiceProcess,
     extra_image,
     job_states,
@@ -25,7 +26,7 @@ from tests.serving.helpers import (
 def _watch(inp: Path, out: Path, bundle: Path, log: Path, *extra: object) -> ServiceProcess:
     return ServiceProcess(
         "watch",
-        [inp, "--out", out, "--model", bundle, "--http-port", 0, "--min-free-mb", 1, "--threads", 1, *extra],
+        [inp, "--out", out, "--model", bundle, *QUICK, *extra],
         log,
     ).start()
 

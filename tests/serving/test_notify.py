@@ -16,7 +16,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,11 @@ import pytest
 
 from tests.serving.conftest import Studies
 from tests.serving.helpers import (
+    FAST_RETRY,
     PHI,
+    QUICK,
     ROOT,
+    LoopbackHTTP,
     ServiceProcess,
     query_if_ready,
     require_dicomweb_extra,
@@ -87,19 +90,18 @@ class Mllp:
         self.sock.close()
 
 
-class Fhir(ThreadingHTTPServer):
+class Fhir(LoopbackHTTP):
     """A FHIR base URL: records each POSTed body and its Authorization header; answers from ``plan``
     (status codes, the last one repeated)."""
 
     def __init__(self, plan: list[int]) -> None:
         self.plan = plan
         self.posts: list[tuple[dict[str, Any], str]] = []
-        super().__init__(("127.0.0.1", 0), _FhirHandler)
-        threading.Thread(target=self.serve_forever, daemon=True).start()
+        super().__init__(_FhirHandler)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/fhir"
+        return self.base("/fhir")
 
 
 class _FhirHandler(BaseHTTPRequestHandler):
@@ -158,18 +160,10 @@ def _watch(tmp_path: Path, inp: Path, bundle: Path, *extra: object) -> ServicePr
             "keep",
             "--quiet-seconds",
             "0.3",
-            "--retry-base",
-            "0.2",
-            "--retry-max",
-            "1",
+            *FAST_RETRY,
             "--fhir-auth-file",
             token,
-            "--http-port",
-            "0",
-            "--min-free-mb",
-            "1",
-            "--threads",
-            "1",
+            *QUICK,
             *extra,
         ],
         tmp_path / "watch.log",

@@ -25,6 +25,8 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from tests.serving.conftest import Studies
 from tests.serving.helpers import (
+    FAST_RETRY,
+    QUICK,
     ServiceProcess,
     free_port,
     job_states,
@@ -157,8 +159,7 @@ def _listen(root: Path, pki: Pki, *extra: object) -> Node:
         "listen",
         [
             "--out", out, "--model", root.parent / "bundle", "--port", port, "--ae-title", "TRIAGE",
-            "--allow-ae", "CR1", "--quiet-seconds", "0.3", "--retry-base", "0.2", "--retry-max", "1",
-            "--http-port", "0", "--min-free-mb", "1", "--threads", "1", *extra,
+            "--allow-ae", "CR1", "--quiet-seconds", "0.3", *FAST_RETRY, *QUICK, *extra,
         ],
         root / "listen.log",
         env=env,  # as the settings file (a systemd EnvironmentFile) sets them
