@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
@@ -61,19 +62,21 @@ def check_jobs(jobs: int, device: str, folds: int) -> int:
     return min(jobs, folds)
 
 
-def _train_fold(config: TrainConfig, req: Any, fold: int) -> Path:
-    from training.prepare import assign_folds
-    from training.run import prepare_for, train_one
-
-    for handler in logging.getLogger().handlers:  # the workers' log lines interleave: name the fold
+def name_fold_in_logs(fold: int) -> None:
+    """In a worker: prefix its log lines with the fold (the workers' lines interleave)."""
+    for handler in logging.getLogger().handlers:
         handler.setFormatter(logging.Formatter(f"%(levelname)s fold {fold}: %(message)s"))
-    prep = prepare_for(config, req)  # the cache is complete: this only maps it
-    folds = assign_folds(prep, req.folds, req.data)
-    return train_one(config, req, req.out / f"fold-{fold}", fold, prep, folds)
 
 
-def train_folds(config: TrainConfig, req: Any, jobs: int, pending: list[int]) -> dict[int, Path]:
-    """Train the folds ``pending`` of ``req`` in ``jobs`` worker processes; returns {fold: run}.
+def train_folds(
+    config: TrainConfig,
+    req: Any,
+    jobs: int,
+    pending: list[int],
+    train_fold: Callable[[TrainConfig, Any, int], Path],
+) -> dict[int, Path]:
+    """Train the folds ``pending`` of ``req`` in ``jobs`` worker processes with ``train_fold(config, req,
+    fold)`` (a module-level function: it is sent to the workers by name); returns {fold: run}.
     Raises the first failure (DataError, ValueError, …) once the folds running beside it have finished,
     or Interrupted."""
     ctx = multiprocessing.get_context("spawn")
@@ -95,7 +98,7 @@ def train_folds(config: TrainConfig, req: Any, jobs: int, pending: list[int]) ->
             while todo or running:
                 while todo and len(running) < jobs:
                     fold = todo.pop(0)
-                    running[pool.submit(_train_fold, config, worker_req, fold)] = fold
+                    running[pool.submit(train_fold, config, worker_req, fold)] = fold
                 done, _ = wait(running, return_when=FIRST_EXCEPTION)
                 for future in done:
                     fold = running.pop(future)

@@ -33,7 +33,7 @@ from training import distributed
 from training.config import TrainConfig, write_config
 from training.data import GridDataset, model_spec
 from training.engine import STATE, FitResult, Hook, Trainer, pick_device
-from training.fold_jobs import check_jobs, train_folds
+from training.fold_jobs import check_jobs, name_fold_in_logs, train_folds
 from training.models import build_model, load_init_weights
 from training.oof import oof_done, write_oof
 from training.prepare import (
@@ -307,6 +307,14 @@ def parse_fold(value: str, k: int) -> int | str:
     return index
 
 
+def _train_fold(config: TrainConfig, req: RunRequest, fold: int) -> Path:
+    """One fold run in a ``--jobs`` worker process (:func:`training.fold_jobs.train_folds`)."""
+    name_fold_in_logs(fold)
+    prep = prepare_for(config, req)  # the parent built the grid cache: this only maps it
+    folds = assign_folds(prep, req.folds, req.data)
+    return train_one(config, req, req.out / f"fold-{fold}", fold, prep, folds)
+
+
 def train(config: TrainConfig, req: RunRequest, hooks: Sequence[Hook] = ()) -> list[Path]:
     """``triage train ROLE``: one fold, every fold (``all``), or all images (``full``). Returns the runs."""
     if req.folds < 2 and req.fold != "full":
@@ -329,7 +337,7 @@ def train(config: TrainConfig, req: RunRequest, hooks: Sequence[Hook] = ()) -> l
     check_problems(prep, req, req.out)
     folds = assign_folds(prep, req.folds, req.data)
     if jobs > 1:
-        by_fold = train_folds(config, req, jobs, list(range(req.folds)))
+        by_fold = train_folds(config, req, jobs, list(range(req.folds)), _train_fold)
         runs = [by_fold[k] for k in range(req.folds)]
     else:
         runs = []
