@@ -49,6 +49,9 @@ class ResultsLog:
             size = self.path.stat().st_size if self.path.exists() else 0
             if offset is None and size == 0:
                 self.path.touch()
+                # claim the file before the first append: a kill -9 between that append and its record
+                # must leave a file the next start recognises as this service's (and cuts back to 0)
+                self.store.mark_exported([], 0)
             elif offset is None or size < offset:
                 logger.warning(
                     "results.jsonl is %d bytes, the job store vouches for %s: rebuilding it from the store",

@@ -157,6 +157,18 @@ def test_results_log_survives_a_crash_between_commit_and_append(store: JobStore,
     assert jobs == [1, 2, 3]
 
 
+def test_a_crash_in_the_first_append_leaves_the_file_the_services(store: JobStore, tmp_path: Path) -> None:
+    log = ResultsLog(tmp_path, store)
+    log.reconcile()  # first start: empty file, claimed by the store before anything is appended
+    assert log.path.read_bytes() == b"" and store.results_offset() == 0
+    _done_jobs(store, tmp_path, 1)
+    [job] = store.unexported()
+    log.path.write_text(json.dumps({"job": job.job_id}) + "\n")  # appended, then killed before the record
+    assert store.results_offset() is not None  # what the service checks before it takes an --out
+    ResultsLog(tmp_path, store).reconcile()
+    assert [json.loads(x)["job"] for x in log.path.read_text().splitlines()] == [1]
+
+
 def test_results_log_rebuilt_when_shorter_than_the_store_says(store: JobStore, tmp_path: Path) -> None:
     log = ResultsLog(tmp_path, store)
     _done_jobs(store, tmp_path, 3)
