@@ -57,7 +57,10 @@ def free_port() -> int:
 
 
 def require_tool(name: str, package: str) -> str:
-    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")  # Orthanc is in /usr/sbin
+    """The Debian package's program: the virtual environment is skipped (pynetdicom installs its own
+    storescu / echoscu there, with other options), /usr/sbin added (Orthanc)."""
+    system = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d and not d.startswith(sys.prefix)]
+    path = shutil.which(name, path=os.pathsep.join([*system, "/usr/sbin", "/sbin"]))
     if path is None:
         message = f"{name} not found; install the Debian package {package} (make dcmtk does)"
         if os.environ.get("CI"):
