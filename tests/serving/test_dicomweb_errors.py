@@ -127,6 +127,18 @@ def _auth(tmp_path: Path, token: str = TOKEN) -> AuthSource:
     return AuthSource(path)
 
 
+def _triage_jobs(out: Path) -> subprocess.CompletedProcess[str]:
+    """`triage jobs OUT` as a user runs it (wide terminal)."""
+    return subprocess.run(
+        [sys.executable, "-m", "triage.cli.main", "jobs", str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"},
+    )
+
+
 @pytest.mark.parametrize(
     ("status", "transient"), [(500, True), (503, True), (429, True), (400, False), (404, False), (403, False)]
 )
@@ -232,14 +244,7 @@ def test_the_poller_stays_up_and_says_why_in_triage_jobs(tmp_path: Path, serve: 
     try:
         service.wait_until(lambda: len(server.requests) >= 3, 60, "three polls")
         service.check_alive()
-        shown = subprocess.run(
-            [sys.executable, "-m", "triage.cli.main", "jobs", str(out)],
-            capture_output=True,
-            text=True,
-            check=False,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"},
-        )
+        shown = _triage_jobs(out)
         assert service.terminate() == 0
     finally:
         service.stop()
@@ -270,14 +275,7 @@ def test_a_stow_server_that_refuses_gives_up_after_the_limit_with_the_reason_in_
             return bool(states) and {s for (s,) in states} == {"rejected"}
 
         service.wait_until(given_up, 120, "the refused objects to be given up")
-        shown = subprocess.run(
-            [sys.executable, "-m", "triage.cli.main", "jobs", str(out)],
-            capture_output=True,
-            text=True,
-            check=False,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"},
-        )
+        shown = _triage_jobs(out)
         assert service.terminate() == 0, "the service stays up"
     finally:
         service.stop()
