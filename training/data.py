@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -193,3 +194,28 @@ def loader(dataset: GridDataset, batches: Sampler[list[Key]] | list[list[int]], 
 def plain_batches(rows: Sequence[int], batch_size: int) -> list[list[int]]:
     """Rows in order, in batches (prediction and validation)."""
     return [list(rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)]
+
+
+class _Loader(DataLoader):  # type: ignore[type-arg]
+    """A torch DataLoader of ``(batch, batch)`` pairs (fastai's ``xb``, ``yb``) that fastai can "move"."""
+
+    def to(self, device: Any) -> _Loader:
+        return self
+
+
+def _pair(items: list[dict[str, torch.Tensor]]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    from torch.utils.data import default_collate
+
+    batch: dict[str, torch.Tensor] = default_collate(items)
+    return batch, batch
+
+
+def fastai_loader(dataset: GridDataset, batches: Any, workers: int) -> _Loader:
+    """A loader of ``batches`` (index lists) that fastai's Learner takes as it is."""
+    return _Loader(
+        dataset,
+        batch_sampler=batches,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+        collate_fn=_pair,
+    )

@@ -11,7 +11,7 @@ callbacks for what a hospital run needs beyond that:
   (Ctrl-C / SIGTERM stop after the current batch), and the per-step ``hooks``;
 * :class:`TaskLoss` — the main loss plus the config's ``extra_losses`` terms (heatmap loss, saliency
   terms, the CAM–mask term): extra objectives plug in as loss terms without touching the loop;
-* :class:`training.distributed.DDPCallback` — DistributedDataParallel (``--devices N``).
+* :class:`training.distributed.DDPCallback` — DistributedDataParallel (started by ``torchrun``).
 
 ``state.pt`` is written at the end of every epoch and when training is interrupted; it is removed when
 the run finishes. A resumed run continues at the saved batch with the saved optimizer state and schedule
@@ -20,7 +20,6 @@ position, so no batch is repeated or lost.
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import os
@@ -33,7 +32,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from fastai.callback.core import Callback, CancelValidException
 from fastai.callback.progress import ProgressCallback
@@ -43,21 +41,16 @@ from fastai.learner import Learner, ValueMetric
 from fastai.optimizer import SGD, Adam, RAdam
 from fastai.torch_core import params
 from fastcore.foundation import L
-from safetensors.torch import save_file
 from torch import nn
-from torch.utils.data import DataLoader
 
 from training.config import TrainConfig
-from training.data import EpochSampler, GridDataset, Key, plain_batches
+from training.data import EpochSampler, GridDataset, Key, fastai_loader, plain_batches
 from training.losses import Batch, Outputs, WeightedTerm, build_extra_terms, build_loss
+from training.run_files import BEST, LAST, STATE, Logs, atomic_save_weights, plain_state
 from training.tasks import Task
 
 logger = logging.getLogger(__name__)
 
-STATE = "state.pt"
-LAST = "last.safetensors"
-BEST = "best.safetensors"
-METRICS_CSV = "metrics.csv"
 Hook = Callable[["Trainer", int, int], None]  # (trainer, epoch, batches done) after each optimizer step
 
 
@@ -142,92 +135,6 @@ class TaskLoss:
         return loss
 
 
-def _atomic_save_weights(model: nn.Module, path: Path, metadata: dict[str, str]) -> None:
-    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(weights, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
-
-
-def _plain(value: Any) -> Any:
-    """The fastai optimizer's state with numpy scalars as Python numbers (``weights_only`` loading)."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, L)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return torch.from_numpy(value)
-    return value
-
-
-class _Loader(DataLoader):  # type: ignore[type-arg]
-    """A torch DataLoader of ``(batch, batch)`` pairs (fastai's ``xb``, ``yb``) that fastai can "move"."""
-
-    def to(self, device: Any) -> _Loader:
-        return self
-
-
-def _pair(items: list[dict[str, torch.Tensor]]) -> tuple[Batch, Batch]:
-    from torch.utils.data import default_collate
-
-    batch: Batch = default_collate(items)
-    return batch, batch
-
-
-def _loader(dataset: GridDataset, batches: Any, workers: int) -> _Loader:
-    return _Loader(
-        dataset,
-        batch_sampler=batches,
-        num_workers=workers,
-        pin_memory=torch.cuda.is_available(),
-        collate_fn=_pair,
-    )
-
-
-class _Logs:
-    """metrics.csv (one row per epoch; columns grow when new ones appear) and TensorBoard scalars."""
-
-    def __init__(self, run: Path) -> None:
-        self.csv = run / METRICS_CSV
-        self.tb: Any = None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(run / "tb"))
-        except ImportError:  # tensorboard missing: CSV only
-            logger.warning("tensorboard is not installed: logging to %s only", self.csv)
-
-    def scalar(self, name: str, value: float, step: int) -> None:
-        if self.tb is not None and math.isfinite(value):
-            self.tb.add_scalar(name, value, step)
-
-    def epoch(self, row: dict[str, Any], step: int) -> None:
-        rows: list[dict[str, Any]] = []
-        header: list[str] = []
-        if self.csv.exists():
-            with self.csv.open(newline="", encoding="utf-8") as f:
-                reader = csv.DictReader(f)
-                rows, header = list(reader), list(reader.fieldnames or [])
-        # a resumed epoch replaces a row an interrupted run may have left
-        rows = [r for r in rows if str(r.get("epoch")) != str(row["epoch"])] + [row]
-        keys = list(dict.fromkeys([*header, *row]))
-        tmp = self.csv.with_suffix(".tmp")
-        with tmp.open("w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, keys, restval="")
-            w.writeheader()
-            w.writerows(rows)
-        os.replace(tmp, self.csv)
-        for key, value in row.items():
-            if isinstance(value, (int, float)) and key != "epoch":
-                self.scalar(f"epoch/{key}", float(value), step)
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
 def _gather(value: Any) -> list[Any]:
     """``value`` from every process (a one-element list without torch.distributed)."""
     import torch.distributed as dist
@@ -247,7 +154,7 @@ class RunCallback(Callback):
 
     order = -5  # after TrainEvalCallback (-10) has set the schedule's position, before the scheduler (60)
 
-    def __init__(self, trainer: Trainer, sampler: EpochSampler, logs: _Logs | None) -> None:
+    def __init__(self, trainer: Trainer, sampler: EpochSampler, logs: Logs | None) -> None:
         self.trainer, self.sampler, self.logs = trainer, sampler, logs
         self.offset, self.start_epoch, self.start_step, self.frozen = 0, 0, 0, False
         self.best, self.best_epoch = -math.inf, -1
@@ -374,7 +281,7 @@ class RunCallback(Callback):
                 ", ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)),
             )
             if improved:
-                _atomic_save_weights(self.trainer.model, self.trainer.run / BEST, {"epoch": str(epoch + 1)})
+                atomic_save_weights(self.trainer.model, self.trainer.run / BEST, {"epoch": str(epoch + 1)})
         self.trainer.save_state(epoch + 1, 0, self)
 
 
@@ -419,13 +326,13 @@ class Trainer:
         val_rows = list(self.val_rows)[self.rank :: self.world]
         val_batches: list[list[Key] | list[int]] = list(plain_batches(val_rows, cfg.batch_size * 2))
         dls = DataLoaders(
-            _loader(self.train_set, sampler, cfg.workers),
-            _loader(self.val_set or self.train_set, val_batches, cfg.workers),
+            fastai_loader(self.train_set, sampler, cfg.workers),
+            fastai_loader(self.val_set or self.train_set, val_batches, cfg.workers),
             device=self.device,
         )
         self.loss = TaskLoss(self.task, build_loss(cfg, pos_weight), self.extra_terms, self.model)
         module = TaskModule(self.task, self.model)
-        callback = RunCallback(self, sampler, _Logs(self.run) if self.rank == 0 else None)
+        callback = RunCallback(self, sampler, Logs(self.run) if self.rank == 0 else None)
         learn = Learner(
             dls,
             module,
@@ -467,7 +374,7 @@ class Trainer:
             "best_epoch": cb.best_epoch,
             "digest": self.config.digest(),
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "optimizer": _plain(cb.learn.opt.state_dict()),
+            "optimizer": plain_state(cb.learn.opt.state_dict()),
             "torch_rng": torch.get_rng_state(),
             "train_seconds": cb.train_seconds,
             "images_seen": cb.images_seen,
@@ -476,7 +383,7 @@ class Trainer:
         tmp = self.run / (STATE + ".tmp")
         torch.save(state, tmp)
         os.replace(tmp, self.run / STATE)
-        _atomic_save_weights(self.model, self.run / LAST, {"epoch": str(epoch), "step": str(step)})
+        atomic_save_weights(self.model, self.run / LAST, {"epoch": str(epoch), "step": str(step)})
 
     def _load_state(self) -> dict[str, Any]:
         path = self.run / STATE
@@ -541,7 +448,7 @@ class Trainer:
         if cb.logs is not None:
             cb.logs.close()
         if not self.val_rows and self.rank == 0:  # no validation: the last weights are the best
-            _atomic_save_weights(self.model, self.run / BEST, {"epoch": str(cfg.total_epochs)})
+            atomic_save_weights(self.model, self.run / BEST, {"epoch": str(cfg.total_epochs)})
             cb.best_epoch = cfg.total_epochs
         if self.rank == 0:
             (self.run / STATE).unlink(missing_ok=True)
