@@ -10,15 +10,15 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_files
 
-from triage.io import dicom
+from triage.io import display
 from triage.synth.dataset import SynthRequest, synthesize
 
 
 def _check(ds: pydicom.Dataset, stored: np.ndarray) -> bool:
-    fast = dicom._render_by_lut(stored, ds)
+    fast = display._render_by_lut(stored, ds)
     if fast is None:
         return False
-    slow = dicom._render_pixels(stored, ds)
+    slow = display._render_pixels(stored, ds)
     assert fast.dtype == slow.dtype == np.float32
     np.testing.assert_array_equal(fast, slow)
     return True
@@ -56,8 +56,10 @@ def test_pydicom_test_files() -> None:
     assert used >= 5
 
 
-@pytest.mark.parametrize(("dtype", "lo", "hi"), [("int16", -20000, 20000), ("uint16", 30000, 65535),
-                                                 ("int32", -70000, 10000), ("uint8", 3, 250)])
+@pytest.mark.parametrize(
+    ("dtype", "lo", "hi"),
+    [("int16", -20000, 20000), ("uint16", 30000, 65535), ("int32", -70000, 10000), ("uint8", 3, 250)],
+)
 def test_signed_and_wide_ranges_index_the_table_without_overflow(dtype: str, lo: int, hi: int) -> None:
     """The index stored − min is computed in the stored width's unsigned type: it must wrap back to the
     true offset for signed data spanning more than half the type (−20000..20000 in int16)."""
