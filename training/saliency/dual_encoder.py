@@ -115,52 +115,45 @@ class FusionHead(nn.Module):
         return out
 
 
-def _trainable(model: nn.Module) -> list[nn.Parameter]:
-    return [p for p in model.parameters() if p.requires_grad]
+def _fit(
+    model: nn.Module, n: int, settings: FitSettings, batch_loss: Callable[[torch.Tensor], torch.Tensor]
+) -> list[float]:
+    """Adam over ``model``'s trainable parameters, shuffled batches of row indices (a last batch of one
+    image is dropped: BatchNorm), ``batch_loss(rows)``; the mean loss per epoch."""
+    g = torch.Generator().manual_seed(settings.seed)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=settings.lr)
+    history = []
+    for _ in range(settings.epochs):
+        model.train()
+        order, total, steps = torch.randperm(n, generator=g), 0.0, 0
+        for s in range(0, n, settings.batch_size):
+            idx = order[s : s + settings.batch_size]
+            if len(idx) < 2:
+                continue
+            loss = batch_loss(idx)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total, steps = total + float(loss.detach()), steps + 1
+        history.append(total / max(steps, 1))
+    model.eval()
+    return history
 
 
 def fit_unet(
     unet: MiniUNet, images: torch.Tensor, targets: torch.Tensor, settings: FitSettings
 ) -> list[float]:
-    """Stage 2: Adam on KL to the target; the mean loss per epoch."""
-    g = torch.Generator().manual_seed(settings.seed)
-    opt = torch.optim.Adam(unet.parameters(), lr=settings.lr)
-    history = []
-    for _ in range(settings.epochs):
-        unet.train()
-        order, total, steps = torch.randperm(len(images), generator=g), 0.0, 0
-        for s in range(0, len(images), settings.batch_size):
-            idx = order[s : s + settings.batch_size]
-            if len(idx) < 2:
-                continue
-            loss = map_loss(unet(images[idx])[0], targets[idx], "kl")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total, steps = total + float(loss.detach()), steps + 1
-        history.append(total / max(steps, 1))
-    unet.eval()
-    return history
+    """Stage 2: KL to the target; the mean loss per epoch."""
+    return _fit(unet, len(images), settings, lambda idx: map_loss(unet(images[idx])[0], targets[idx], "kl"))
 
 
 def fit_head(head: FusionHead, data: Tensors, settings: FitSettings) -> list[float]:
-    """Stage 3: Adam on BCE over the head's own parameters only; the mean loss per epoch."""
-    g = torch.Generator().manual_seed(settings.seed)
-    opt = torch.optim.Adam(_trainable(head), lr=settings.lr)
-    history = []
-    for _ in range(settings.epochs):
-        head.train()
-        order, total, steps = torch.randperm(len(data), generator=g), 0.0, 0
-        for s in range(0, len(data), settings.batch_size):
-            idx = order[s : s + settings.batch_size]
-            loss = F.binary_cross_entropy_with_logits(head(data.image[idx])[:, 0], data.label[idx].float())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total, steps = total + float(loss.detach()), steps + 1
-        history.append(total / max(steps, 1))
-    head.eval()
-    return history
+    """Stage 3: BCE over the head's own parameters only (the stages it reads are frozen)."""
+
+    def bce(idx: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(head(data.image[idx])[:, 0], data.label[idx].float())
+
+    return _fit(head, len(data), settings, bce)
 
 
 @torch.no_grad()
