@@ -90,7 +90,16 @@ EASY = {
 }
 """``--phantom easy``: a pneumothorax a small network can see at 64 px (no small cases, 4x the pleural line
 and lucency) — the source's task was easy (models kept above 95 % validation accuracy)."""
-MEDIUM: dict[str, Any] = {}  # set from the pilot below (docs/saliency.md); see PILOT_CANDIDATES
+MEDIUM: dict[str, Any] = {
+    "ptx_lucency": 0.135,
+    "pleural_line_contrast": 0.15,
+    "collapse_density": 0.09,
+    "size_weights": (0.0, 0.3, 0.7),
+}
+"""``--phantom medium``: 1.5x the shipped pneumothorax contrasts, no small cases — chosen by
+:mod:`training.saliency.medium_pilot` on its own data seed (900) as the hardest candidate whose
+cross-entropy models learn the disease (AUC ≥ 0.75) and still use the marker (hard-pair AUC ≥ 0.15 lower):
+the positive control's setting where removing the shortcut can leave a working classifier."""
 PHANTOM_SETTINGS: dict[str, dict[str, Any]] = {"default": {}, "medium": MEDIUM, "easy": EASY}
 """``--phantom``: PhantomConfig fields changed from the shipped phantom's defaults."""
 PHANTOMS = tuple(PHANTOM_SETTINGS)
