@@ -163,6 +163,18 @@ class ServiceProcess:
         return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
 
 
+def triage_jobs(out: Path) -> subprocess.CompletedProcess[str]:
+    """`triage jobs OUT` as a user runs it (wide terminal)."""
+    return subprocess.run(
+        [sys.executable, "-m", "triage.cli.main", "jobs", str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"},
+    )
+
+
 def query(db: Path, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
     con = sqlite3.connect(db, timeout=30)
     try:

@@ -27,6 +27,7 @@ from tests.serving.helpers import (
     ServiceProcess,
     query_if_ready,
     require_dicomweb_extra,
+    triage_jobs,
 )
 from triage.io.dicomweb import (
     AuthSource,
@@ -125,18 +126,6 @@ def _auth(tmp_path: Path, token: str = TOKEN) -> AuthSource:
     path = tmp_path / "auth"
     path.write_text(f"Bearer {token}\n")
     return AuthSource(path)
-
-
-def _triage_jobs(out: Path) -> subprocess.CompletedProcess[str]:
-    """`triage jobs OUT` as a user runs it (wide terminal)."""
-    return subprocess.run(
-        [sys.executable, "-m", "triage.cli.main", "jobs", str(out)],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"},
-    )
 
 
 @pytest.mark.parametrize(
@@ -244,7 +233,7 @@ def test_the_poller_stays_up_and_says_why_in_triage_jobs(tmp_path: Path, serve: 
     try:
         service.wait_until(lambda: len(server.requests) >= 3, 60, "three polls")
         service.check_alive()
-        shown = _triage_jobs(out)
+        shown = triage_jobs(out)
         assert service.terminate() == 0
     finally:
         service.stop()
@@ -275,7 +264,7 @@ def test_a_stow_server_that_refuses_gives_up_after_the_limit_with_the_reason_in_
             return bool(states) and {s for (s,) in states} == {"rejected"}
 
         service.wait_until(given_up, 120, "the refused objects to be given up")
-        shown = _triage_jobs(out)
+        shown = triage_jobs(out)
         assert service.terminate() == 0, "the service stays up"
     finally:
         service.stop()

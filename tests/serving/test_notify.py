@@ -8,10 +8,7 @@ No patient data beyond the PatientID reaches either receiver."""
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -27,13 +24,13 @@ from tests.serving.helpers import (
     FAST_RETRY,
     PHI,
     QUICK,
-    ROOT,
     LoopbackHTTP,
     ServiceProcess,
     query_if_ready,
     require_dicomweb_extra,
     results,
     set_identity,
+    triage_jobs,
 )
 
 require_dicomweb_extra()
@@ -260,14 +257,7 @@ def test_a_fhir_server_that_rejects_the_resource_fails_it_with_the_reason_in_tri
 
         service.wait_until(settled, 180, "the rejected notifications")
         assert service.running(), "the service stays up"
-        shown = subprocess.run(
-            [sys.executable, "-m", "triage.cli.main", "jobs", str(out)],
-            capture_output=True,
-            text=True,
-            check=False,
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"},
-        )
+        shown = triage_jobs(out)
         assert service.terminate() == 0
     finally:
         service.stop()
