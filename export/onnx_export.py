@@ -31,6 +31,7 @@ from torch import nn
 import training.models as tm
 from export.errors import ExportError
 from export.runs import Run, dummy_input
+from training.fusion import DualEncoderNet
 
 OPSET = 17
 INPUT_NAME = "image"
@@ -55,10 +56,10 @@ def export_wrapper(run: Run) -> tuple[nn.Module, tuple[str, ...]]:
                 f"not a Segmenter (arch kind 'segmenter')"
             )
         return tm.SegmenterForExport(module).eval(), ("probability",)
-    if not isinstance(module, tm.SaliencyNet):
+    if not isinstance(module, tm.SaliencyNet | DualEncoderNet):
         raise ExportError(
             f"saliency run {run.path}: the network is a {type(module).__name__}, "
-            f"not a SaliencyNet (arch kind 'saliency')"
+            f"not a SaliencyNet (arch kind 'saliency') or a dual-encoder network"
         )
     try:
         wrapper = tm.saliency_for_export(module, run.card.provenance)

@@ -9,7 +9,8 @@ threshold are exactly what ``triage predict`` does. Figures per model, on every 
 * segmenter (run on every image, not only the gated ones, for coverage): max |Δ| of the probability map
   after TTA, the number of images whose triplet mask differs, the differing pixels, and the number
   whose decision (empty mask or not) differs;
-* saliency: max |Δ| of the displayed map (ReLU, /max, [0, 1]), on the saliency model's own input.
+* saliency: max |Δ| of the displayed map (ReLU, /max, [0, 1]), on the saliency model's own input, and of
+  its P(pneumothorax) when the graph has a logit (reported as ``saliency_probability``).
 
 ``roles`` limits what is measured (``triage export-saliency`` measures only the saliency model).
 
@@ -62,10 +63,11 @@ class _Outputs:
     cam: np.ndarray | None
     seg: np.ndarray | None
     sal: np.ndarray | None
+    sal_prob: np.ndarray | None
 
 
 def _run(models: CascadeModels, images: ImageSet, roles: tuple[str, ...], tta: bool, batch: int) -> _Outputs:
-    probs, cams, segs, sals = [], [], [], []
+    probs, cams, segs, sals, sal_probs = [], [], [], [], []
     for start in range(0, len(images.items), batch):
         chunk = images.items[start : start + batch]
         if "classifier" in roles:
@@ -76,12 +78,16 @@ def _run(models: CascadeModels, images: ImageSet, roles: tuple[str, ...], tta: b
         if "segmenter" in roles:
             segs.append(models.segment(np.stack([ImageSet.input(it, "segmenter") for it in chunk]), tta))
         if "saliency" in roles and models.saliency is not None:
-            sals.append(models.saliency_map(np.stack([ImageSet.input(it, "saliency") for it in chunk])))
+            x = np.stack([ImageSet.input(it, "saliency") for it in chunk])
+            sal, sal_prob = models.saliency_outputs(x)
+            sals.append(sal)
+            if sal_prob is not None:
+                sal_probs.append(sal_prob)
 
     def joined(parts: list[np.ndarray]) -> np.ndarray | None:
         return np.concatenate(parts) if parts else None
 
-    return _Outputs(joined(probs), joined(cams), joined(segs), joined(sals))
+    return _Outputs(joined(probs), joined(cams), joined(segs), joined(sals), joined(sal_probs))
 
 
 def measure(
@@ -126,6 +132,9 @@ def measure(
         }
     if ref.sal is not None and got.sal is not None:
         out["saliency"] = {"images": n, "max_abs_diff": {"map": float(np.abs(ref.sal - got.sal).max())}}
+        if ref.sal_prob is not None and got.sal_prob is not None:
+            diff = float(np.abs(ref.sal_prob - got.sal_prob).max())
+            out["saliency"]["max_abs_diff"]["probability"] = diff
     return out
 
 

@@ -16,8 +16,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from export.errors import ExportError
-from training.models import build_model
-from training.run_format import RunCard, read_run_card
+from training.run_format import RunCard, build_network, read_run_card
 
 BUNDLE_ROLE = {
     "classifier": "classifier",
@@ -71,7 +70,7 @@ def load_run(path: Path, role: str | None = None) -> Run:
             f"in_chans={card.arch.in_chans}"
         )
     try:
-        module = build_model(card.arch)
+        module = build_network(card)
     except ValueError as exc:
         raise ExportError(f"{what}: {exc}") from exc
     try:

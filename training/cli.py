@@ -16,7 +16,13 @@ from typing import Annotated, Any
 import typer
 
 from training.options import DataSet, ExperimentOptions, Preset, RunOptions
-from training.saliency.options import CorruptionAugment, SaliencyOptions, SaliencyTarget, ShortcutOptions
+from training.saliency.options import (
+    CorruptionAugment,
+    DualEncoderOptions,
+    SaliencyOptions,
+    SaliencyTarget,
+    ShortcutOptions,
+)
 from triage.cli.options import option_sets
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -84,16 +90,18 @@ def train_saliency(
     fold: Annotated[str, typer.Option(help="Fold to validate on (0..folds-1) or 'full' (all images).")] = "0",
     target: SaliencyTarget,
     run: RunOptions,
+    dual: DualEncoderOptions,
     corruption_augment: CorruptionAugment = 0.0,
 ) -> None:
     """Train the saliency U-Net on target heatmaps.
 
     An smp U-Net with a classification head whose decoder learns the target heatmaps (BCE, KL or MSE);
-    the map loss can be mixed with the head's CAM and staged (encoder frozen first).
+    the map loss can be mixed with the head's CAM and staged (encoder frozen first). With --dual-encoder
+    CLASSIFIER_RUN a fused head then learns the label from both frozen networks (seed 004).
     """
     from training.saliency.commands import train_saliency_command
 
-    raise typer.Exit(train_saliency_command(data, out, preset, fold, run, target, corruption_augment))
+    raise typer.Exit(train_saliency_command(data, out, preset, fold, run, target, corruption_augment, dual))
 
 
 @train_app.command("thresholds")

@@ -20,10 +20,9 @@ from training.engine import pick_device
 from training.models import (
     ClassifierForExport,
     SegmenterForExport,
-    build_model,
     saliency_for_export,
 )
-from training.run_format import RunCard, read_run_card
+from training.run_format import RunCard, build_network, read_run_card
 from training.torch_backend import TorchModel
 from triage.bundle import Bundle, ModelSpec, Normalization, Thresholds
 from triage.cascade.models import CascadeModels
@@ -61,7 +60,7 @@ class TorchCascadeModels(CascadeModels):
 
 
 def _load(run: Path, card: RunCard, device: torch.device) -> torch.nn.Module:
-    model = build_model(card.arch)
+    model = build_network(card)
     path = run / card.checkpoint
     if not path.is_file():
         raise ValueError(f"{run}: the checkpoint {card.checkpoint} named by model.json is missing")

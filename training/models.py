@@ -281,7 +281,9 @@ class SaliencyForExport(nn.Module):
     as exp(l − max l), the density divided by its peak.
     """
 
-    def __init__(self, model: SaliencyNet, map_activation: MapActivation = "sigmoid") -> None:
+    def __init__(self, model: nn.Module, map_activation: MapActivation = "sigmoid") -> None:
+        """``model``: a :class:`SaliencyNet` or a :class:`training.fusion.DualEncoderNet` (both give
+        (map logits, logit))."""
         super().__init__()
         if map_activation not in MAP_ACTIVATIONS:
             raise ValueError(f"map_activation must be one of {MAP_ACTIVATIONS}, got {map_activation!r}")
@@ -296,7 +298,7 @@ class SaliencyForExport(nn.Module):
         return torch.exp(maps - peak), logit
 
 
-def saliency_for_export(model: SaliencyNet, provenance: dict[str, Any]) -> SaliencyForExport:
+def saliency_for_export(model: nn.Module, provenance: dict[str, Any]) -> SaliencyForExport:
     """The export wrapper of a saliency run, with the ``map_activation`` its run card records
     (:func:`training.saliency.train.map_activation`; ``sigmoid`` for runs trained before it was recorded).
     The one place that reads it: ``triage export``, ``triage export-saliency`` and ``triage evaluate``

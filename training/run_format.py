@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from training.models import ArchSpec
+from torch import nn
+
+from training.models import ArchSpec, build_model
 
 FORMAT = "triage-run/1"
 CARD = "model.json"
@@ -97,3 +99,17 @@ def read_run_card(run: Path) -> RunCard:
         )
     except (KeyError, IndexError, TypeError, ValueError) as exc:
         raise ValueError(f"{path}: malformed ({type(exc).__name__}: {exc})") from exc
+
+
+def build_network(card: RunCard) -> nn.Module:
+    """The network (random weights) whose state dict the run's checkpoint holds: the card's ``arch``, or,
+    for a dual-encoder saliency run (``provenance.dual_encoder``), the fused network of
+    :mod:`training.fusion`. ValueError naming a bad architecture."""
+    if card.role == "saliency" and "dual_encoder" in card.provenance:
+        from training.saliency.fusion_train import build_dual
+
+        try:
+            return build_dual(card)
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"the run card's dual_encoder record is incomplete ({exc})") from exc
+    return build_model(card.arch)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.saliency.dual_encoder import DualSetup, FusionHead, MiniUNet, fit_head, run
+from training.saliency.dual_encoder import DualSetup, FusionHead, MiniUNet, _tensors, fit_head, run
 from training.saliency.protocol import FitSettings, Tensors, small_cam_net
 from triage import metrics
 
@@ -29,12 +29,12 @@ def test_stage_three_trains_the_head_only() -> None:
     classifier, unet = small_cam_net(1, 8, 8, 0), MiniUNet(8)
     before_cls, before_unet = _state(classifier), _state(unet)
     head = FusionHead(classifier, unet, hidden=8)
-    before_head = _state(head.mix)
+    before_head = _state(head.fuse)
     fit_head(head, _data(), FitSettings(epochs=2, batch_size=4, seed=0))
     for before, module in ((before_cls, classifier), (before_unet, unet)):
         after = module.state_dict()
         assert all(torch.equal(before[k], after[k]) for k in before), "a frozen stage changed"
-    assert any(not torch.equal(before_head[k], v) for k, v in head.mix.state_dict().items())
+    assert any(not torch.equal(before_head[k], v) for k, v in head.fuse.state_dict().items())
 
 
 def test_the_fused_head_reads_the_unet_and_the_control_does_not() -> None:
@@ -76,3 +76,16 @@ def test_a_run_reports_paired_differences_of_its_own_aucs(
     rows = (tmp_path / "models.csv").read_text().splitlines()
     assert len(rows) == 3 and "unet_kl" in rows[0]
     assert set(json.loads((tmp_path / "results.json").read_text())["maps"]) >= {"unet", "cam", "centre"}
+
+
+def test_the_lesion_free_control_target_is_the_lung_mask() -> None:
+    rng = np.random.default_rng(0)
+    lungs = rng.random((3, 8, 8)) > 0.5
+    data = {"image": rng.random((3, 8, 8)), "label": np.array([0, 1, 1]), "lungs": lungs,
+            "target": rng.random((3, 8, 8))}  # fmt: skip
+    _, heatmap = _tensors(data, 0.0, 1.0)
+    _, control = _tensors(data, 0.0, 1.0, "lungs")
+    assert torch.equal(heatmap[:, 0], torch.from_numpy(data["target"].astype(np.float32)))
+    assert torch.equal(control[:, 0], torch.from_numpy(lungs.astype(np.float32)))
+    with pytest.raises(ValueError, match="target must be one of"):
+        DualSetup(Path("a"), Path("b"), Path("c"), target="lesion")

@@ -22,7 +22,7 @@ from training.saliency.terms import DataCheckError
 
 if TYPE_CHECKING:
     from training.options import RunOptions
-    from training.saliency.options import SaliencyTarget, ShortcutOptions
+    from training.saliency.options import DualEncoderOptions, SaliencyTarget, ShortcutOptions
 
 
 def apply_saliency_options(cfg: TrainConfig, options: SaliencyOptions) -> TrainConfig:
@@ -77,7 +77,9 @@ def train_saliency_command(
     run: RunOptions,
     target: SaliencyTarget,
     corruption_augment: float,
+    dual: DualEncoderOptions | None = None,
 ) -> int:
+    from training.saliency.fusion_train import DualEncoder
     from training.saliency.task import TargetSpec
     from training.saliency.train import train_saliency
 
@@ -116,7 +118,10 @@ def train_saliency_command(
             data, out, run.folds, fold_value, run.resume, run.drop_bad_labels, run.init, run.cache,
             progress=not run.quiet,
         )
-        path = train_saliency(cfg, req, spec, t.gaze_csv)
+        stage3 = None
+        if dual is not None and dual.dual_encoder is not None:
+            stage3 = DualEncoder(dual.dual_encoder, dual.fusion_epochs, dual.fusion_hidden)
+        path = train_saliency(cfg, req, spec, t.gaze_csv, stage3)
     except Interrupted as exc:
         typer.echo(f"triage {command}: {exc}; run the same command with --resume to continue", err=True)
         return 130

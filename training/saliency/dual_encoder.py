@@ -11,7 +11,8 @@ claim: the fused model classifies better (AUC 0.925 in its setting). Here:
   (:func:`training.saliency.losses.map_loss`, ``kl``), Adam 3e-3, ``epochs``;
 * stage 3: both frozen (weights and BatchNorm statistics); the classifier's last feature map, bilinearly
   up-sampled to the decoder's grid, concatenated with the decoder's last features → 1×1 conv (``hidden``)
-  → ReLU → global average pool → linear (:class:`FusionHead`), BCE, Adam 3e-3, ``epochs``;
+  → ReLU → global average pool → linear (the product's :class:`training.fusion.FusionHead`, which
+  ``triage train saliency --dual-encoder`` trains on the product's networks), BCE, Adam 3e-3, ``epochs``;
 * control ``head_only``: the same head trained the same way on the classifier's features alone — a second
   head on frozen features can itself change the AUC; only the difference between ``dual`` and
   ``head_only`` is the saliency U-Net's contribution.
@@ -22,7 +23,12 @@ test images, the models' mean score per image); and the U-Net's map (softmax, ÷
 classifier's CAM and the centre-bias map on KL / CC / SIM and the lesion measures
 (:func:`training.saliency.unet_bench.score`).
 
-``python -m training.saliency.dual_encoder --train DIR --test DIR --out OUT [--seeds 5] [--cache DIR]``
+With ``--target lungs`` the U-Net learns the lung-field mask instead of the reading heatmap: the same
+architecture, stages and head, but no supervision of where the lesion is — if ``dual`` still beats
+``head_only`` by as much, the gain is the second network's capacity, not the reading heatmap.
+
+``python -m training.saliency.dual_encoder --train DIR --test DIR --out OUT [--seeds 5] [--target lungs]
+[--cache DIR]``
 (writes ``models.csv``, ``results.json``, ``results.md``).
 """
 
@@ -43,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training.fusion import FusionHead as Fusion
 from training.models import CamClassifier
 from training.saliency.corruption_arms import bootstrap_aucs, resamples
 from training.saliency.losses import map_loss
@@ -82,8 +89,9 @@ class MiniUNet(nn.Module):
 
 
 class FusionHead(nn.Module):
-    """Stage 3: frozen classifier (and, unless ``use_unet`` is False, frozen U-Net) → 1×1 conv → ReLU →
-    global average pool → linear. Only the head's own parameters train."""
+    """Stage 3: frozen classifier (and, unless ``unet`` is None, frozen U-Net) → the product's
+    :class:`training.fusion.FusionHead` (1×1 conv over [up-sampled A ; D] → ReLU → GAP → linear). Only the
+    head's own parameters train."""
 
     def __init__(self, classifier: CamClassifier, unet: MiniUNet | None, hidden: int = 32) -> None:
         super().__init__()
@@ -92,9 +100,7 @@ class FusionHead(nn.Module):
             if frozen is not None:
                 frozen.eval()
                 frozen.requires_grad_(False)
-        c = classifier.head.in_features + (unet.width if unet is not None else 0)
-        self.mix = nn.Sequential(nn.Conv2d(c, hidden, 1), nn.ReLU())
-        self.linear = nn.Linear(hidden, 1)
+        self.fuse = Fusion(classifier.head.in_features, unet.width if unet is not None else 0, hidden)
 
     def train(self, mode: bool = True) -> FusionHead:
         super().train(mode)
@@ -106,12 +112,8 @@ class FusionHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             a = self.classifier.features(x)
-            parts = [a]
-            if self.unet is not None:
-                dec = self.unet(x)[1]
-                parts = [F.interpolate(a, size=dec.shape[-2:], mode="bilinear", align_corners=False), dec]
-        z = self.mix(torch.cat(parts, dim=1)).mean(dim=(2, 3))
-        out: torch.Tensor = self.linear(z)
+            dec = self.unet(x)[1] if self.unet is not None else None
+        out: torch.Tensor = self.fuse(a, dec)
         return out
 
 
@@ -193,14 +195,28 @@ class DualSetup:
     batch_size: int = 32
     bootstrap: int = 1000
     cache: Path | None = None
+    target: str = "heatmap"
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
 
 
-def _tensors(data: dict[str, np.ndarray], mean: float, sd: float) -> tuple[Tensors, torch.Tensor]:
+TARGETS = ("heatmap", "lungs")
+
+
+def _tensors(
+    data: dict[str, np.ndarray], mean: float, sd: float, target_kind: str = "heatmap"
+) -> tuple[Tensors, torch.Tensor]:
+    """(images and labels, the U-Net's target): the reading heatmap, or with ``lungs`` the lung-field
+    mask — a map of the same anatomy that carries nothing of the lesion (the control for location
+    supervision)."""
     x = torch.from_numpy(((data["image"] - mean) / sd)[:, None].astype(np.float32))
-    target = torch.from_numpy(data["target"][:, None].astype(np.float32))
+    source = data["target"] if target_kind == "heatmap" else data["lungs"]
+    target = torch.from_numpy(source[:, None].astype(np.float32))
     return Tensors(x, torch.from_numpy(data["label"].astype(np.float32))), target
 
 
@@ -232,7 +248,7 @@ def run(setup: DualSetup, log: Callable[[str], None] = print) -> dict[str, Any]:
     raw_train = load_test(setup.train, size, "letterbox", setup.cache)
     raw_test = load_test(setup.test, size, "letterbox", setup.cache)
     mean, sd = float(raw_train["image"].mean()), float(raw_train["image"].std()) or 1.0
-    train, target = _tensors(raw_train, mean, sd)
+    train, target = _tensors(raw_train, mean, sd, setup.target)
     test, _ = _tensors(raw_test, mean, sd)
     y = raw_test["label"]
     probs: dict[str, list[np.ndarray]] = {"classifier": [], "head_only": [], "dual": []}
@@ -339,11 +355,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--cache", type=Path, default=None)
+    ap.add_argument(
+        "--target",
+        choices=TARGETS,
+        default="heatmap",
+        help="the U-Net's target: the reading heatmaps, or the lung-field masks (no lesion: the control)",
+    )
     args = ap.parse_args(argv)
     if args.seeds < 1 or args.epochs < 1:
         ap.error("--seeds and --epochs must be at least 1")
     torch.set_num_threads(1)
-    setup = DualSetup(args.train, args.test, args.out, seeds=args.seeds, epochs=args.epochs, cache=args.cache)
+    setup = DualSetup(
+        args.train,
+        args.test,
+        args.out,
+        seeds=args.seeds,
+        epochs=args.epochs,
+        cache=args.cache,
+        target=args.target,
+    )
     result = run(setup, log=lambda s: print(f"[{time.strftime('%H:%M:%S')}] {s}", flush=True))
     print(markdown(result))
     return 0

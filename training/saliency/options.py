@@ -87,6 +87,21 @@ class SaliencyTarget:
 
 
 @dataclass(frozen=True)
+class DualEncoderOptions:
+    """``triage train saliency --dual-encoder CLASSIFIER_RUN``: seed 004's fused model (stage 3)."""
+
+    dual_encoder: Annotated[
+        Path | None,
+        typer.Option(
+            help="A classifier run (same input size and normalization): after the U-Net, train a head on "
+            "its frozen features and the U-Net's decoder features; the run exports as the fused model."
+        ),
+    ] = None
+    fusion_epochs: Annotated[int, typer.Option(min=1, help="Epochs of the fused head.")] = 5
+    fusion_hidden: Annotated[int, typer.Option(min=1, help="Channels of the fused head's 1x1 conv.")] = 32
+
+
+@dataclass(frozen=True)
 class ShortcutOptions:
     """``triage shortcut-experiment``: CE vs heatmap-loss classifiers on drain-confounded data."""
 

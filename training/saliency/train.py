@@ -29,8 +29,8 @@ from safetensors.torch import load_file
 
 from training.config import TrainConfig, write_config
 from training.data import model_spec
-from training.engine import STATE, Trainer, pick_device
-from training.models import build_model, load_init_weights
+from training.engine import STATE, FitResult, Trainer, pick_device
+from training.models import SaliencyNet, build_model, load_init_weights
 from training.prepare import DataError, assign_folds, split
 from training.run import (
     DATA_JSON,
@@ -42,6 +42,8 @@ from training.run import (
     prepare_for,
 )
 from training.run_format import CARD, RunCard, write_run_card
+from training.saliency import fusion_train
+from training.saliency.fusion_train import DualEncoder
 from training.saliency.targets import TargetError, read_gaze_csv
 from training.saliency.task import SaliencyDataset, SaliencyTask, TargetSpec
 from triage import __version__
@@ -67,10 +69,29 @@ def gaze_target(grids: Any, rows: list[int], csv_path: Path, sigma: float) -> Ta
     return TargetSpec("gaze", sigma, read_gaze_csv(csv_path, sizes))
 
 
+def _fit_stage(trainer: Trainer, run: Path, resume: bool) -> FitResult:
+    """The saliency U-Net's fit, or, when resuming a run whose U-Net finished (``fit.json`` written, no
+    ``state.pt``; a dual-encoder run stopped in stage 3), that fit's record."""
+    if resume and (run / FIT_JSON).is_file() and not (run / STATE).exists():
+        logger.info("%s: the saliency U-Net has finished; resuming after it", run)
+        return FitResult(**json.loads((run / FIT_JSON).read_text(encoding="utf-8")))
+    result = trainer.fit(resume=resume)
+    (run / FIT_JSON).write_text(json.dumps(dataclasses.asdict(result)) + "\n", encoding="utf-8")
+    return result
+
+
 def train_saliency(
-    config: TrainConfig, req: RunRequest, target: TargetSpec, gaze_csv: Path | None = None
+    config: TrainConfig,
+    req: RunRequest,
+    target: TargetSpec,
+    gaze_csv: Path | None = None,
+    dual: DualEncoder | None = None,
 ) -> Path:
-    """Train one saliency run into ``req.out`` (``req.fold``: an index or "full"). Returns the run folder."""
+    """Train one saliency run into ``req.out`` (``req.fold``: an index or "full"). Returns the run folder.
+
+    With ``dual``, stage 3 of the dual-encoder model follows (:mod:`training.saliency.fusion_train`): the
+    run's checkpoint is then the fused network (``fusion/best.safetensors``) and its card records the
+    classifier run it was built on."""
     run = req.out
     if (run / CARD).is_file() and not (run / STATE).exists():
         if req.resume:
@@ -78,6 +99,7 @@ def train_saliency(
         raise DataError(f"{run} holds a finished run; choose another --out")
     if run.exists() and any(run.iterdir()) and not req.resume:
         raise DataError(f"{run} is not empty; pass --resume to continue that run, or choose another --out")
+    classifier = fusion_train.load_classifier(dual.classifier_run, config) if dual is not None else None
     prep = prepare_for(config, req)
     check_problems(prep, req, run)
     fold = None if req.fold == "full" else int(req.fold)
@@ -112,10 +134,21 @@ def train_saliency(
     trainer = Trainer(
         config, SaliencyTask(), model, train_set, sp.train, val_set, sp.val, run, progress=req.progress
     )
-    result = trainer.fit(resume=req.resume)
-    (run / FIT_JSON).write_text(json.dumps(dataclasses.asdict(result)) + "\n", encoding="utf-8")
+    result = _fit_stage(trainer, run, req.resume)
     checkpoint = "best.safetensors" if config.select == "best" else "last.safetensors"
     model.load_state_dict(load_file(str(run / checkpoint)))
+    fused = None
+    if dual is not None and classifier is not None:
+        assert isinstance(model, SaliencyNet)
+        overlap = fusion_train.data_overlap(dual.classifier_run, [g.ids[i] for i in sp.val])
+        if overlap:
+            logger.warning("--dual-encoder: %s; the fused validation AUC may be optimistic", overlap)
+        sets = (train_set, list(sp.train), val_set, list(sp.val))
+        _, fit3, cfg3 = fusion_train.train_fusion(
+            config, dual, model, classifier[0], sets, run, resume=req.resume, progress=req.progress
+        )
+        fused = fusion_train.provenance(dual, classifier[1], fit3, cfg3, overlap)
+        checkpoint = f"{fusion_train.FOLDER}/{checkpoint}"
     provenance = {
         "data": str(req.data.resolve()),
         "train_images": len(sp.train),
@@ -135,6 +168,7 @@ def train_saliency(
             "seconds": round(result.seconds, 1),
             "train_images_per_s": round(result.images_per_s, 2),
         },
+        **({"dual_encoder": fused} if fused is not None else {}),
         "git_commit": git_commit(),
         "triage_version": __version__,
         "torch": torch.__version__,

@@ -71,6 +71,7 @@ def load_test(root: Path, size: tuple[int, int], resize: str, cache: Path | None
         "lesion": np.stack([grid.mask(r) for r in rows]),
         "lungs": np.stack([np.asarray(grid.lungs[r]) > 0 for r in rows]),
         "target": np.stack([np.asarray(grid.heatmaps[r], np.float64) / 255.0 for r in rows]),
+        "ids": np.array([grid.ids[r] for r in rows]),
     }
 
 

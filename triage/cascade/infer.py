@@ -38,10 +38,11 @@ def infer_batch(models: CascadeModels, batch: list[Item], options: PredictOption
             it.seg_prob = seg[i]
             it.timings_ms["segment"] = 1000 * (t2 - t1) / len(gated)
         if options.saliency and models.saliency is not None:
-            maps = models.saliency_map(np.stack([it.sal_input.x for it in gated]))  # type: ignore[union-attr]
+            maps, probs = models.saliency_outputs(np.stack([it.sal_input.x for it in gated]))  # type: ignore[union-attr]
             t3 = time.perf_counter()
             for i, it in enumerate(gated):
                 it.saliency = maps[i]
+                it.saliency_probability = float(probs[i]) if probs is not None else None
                 it.timings_ms["saliency"] = 1000 * (t3 - t2) / len(gated)
 
 

@@ -98,6 +98,7 @@ class Item:
     cam: NDArray[np.float32] | None = None  # (h, w) on the classifier's output grid, [0, 1]
     seg_prob: NDArray[np.float32] | None = None  # (H, W) on the segmenter's grid
     saliency: NDArray[np.float32] | None = None  # (h, w) of the saliency model, [0, 1]
+    saliency_probability: float | None = None  # the saliency model's P(pneumothorax), if it has a logit
     display: NDArray[np.float32] | None = None  # the image at the overlay's size when only that is kept
 
     @property

@@ -138,9 +138,17 @@ class CascadeModels:
         p = self.segmenter(tta_ops.expand(x, transforms))["probability"]
         return tta_ops.merge_maps(p.reshape(len(p), *p.shape[-2:]), len(x), transforms)
 
-    def saliency_map(self, x: Batch) -> Batch:
-        """The saliency model's map (N, h, w), scaled to [0, 1] per image."""
+    def saliency_outputs(self, x: Batch) -> tuple[Batch, Batch | None]:
+        """The saliency model's map (N, h, w), scaled to [0, 1] per image, and its P(pneumothorax) (N,)
+        when the graph has a ``logit`` output (its classification head, or a dual-encoder model's fused
+        head: docs/saliency.md), else None."""
         if self.saliency is None:
             raise ValueError("the bundle has no saliency model")
-        m = self.saliency(x)["map"]
-        return normalised_cam(m.reshape(len(m), *m.shape[-2:]))
+        out = self.saliency(x)
+        m = out["map"]
+        prob = sigmoid(out["logit"].reshape(-1)) if "logit" in out else None
+        return normalised_cam(m.reshape(len(m), *m.shape[-2:])), prob
+
+    def saliency_map(self, x: Batch) -> Batch:
+        """The saliency model's map alone (see :meth:`saliency_outputs`)."""
+        return self.saliency_outputs(x)[0]

@@ -225,6 +225,9 @@ def finish_item(item: Item, bundle: Bundle, out: Path, formats: frozenset[str]) 
         mask_area_px=area,
         mask_area_mm2=area_mm2,
         priority=round(decision.priority, 6),
+        saliency_probability=(
+            round(item.saliency_probability, 6) if item.saliency_probability is not None else None
+        ),
         bundle=bundle.label,
         outputs=outputs,
         timings_ms=_rounded(item.timings_ms),

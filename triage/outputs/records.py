@@ -46,6 +46,9 @@ class ResultRecord:
     probability: the classifier's P(pneumothorax) after TTA. positive: the gate decision (probability ≥
     the bundle's gate threshold) and a non-empty mask after triplet thresholding. mask_area_px: pixels
     in the mask on the source grid. priority: the worklist's sort key (higher = more urgent).
+    saliency_probability: the bundle's saliency model's own P(pneumothorax) (its classification head, or
+    a dual-encoder model's fused head), on gated images when saliency maps are on; advisory: neither the
+    gate, the positive flag nor the priority uses it.
     outputs: written files, relative to --out, by kind (mask_png, overlay_png, seg, sc, sr).
     timings_ms: milliseconds per stage (read, preprocess, gate, segment, saliency, write).
     input: the path as given, except that text equal to the file's own patient name components, IDs,
@@ -66,6 +69,7 @@ class ResultRecord:
     mask_area_px: int | None = None
     mask_area_mm2: float | None = None
     priority: float | None = None
+    saliency_probability: float | None = None
     bundle: str | None = None
     outputs: dict[str, str] = field(default_factory=dict)
     timings_ms: dict[str, float] = field(default_factory=dict)
