@@ -19,11 +19,11 @@ from triage.cascade import tta as tta_ops
 
 @dataclass(frozen=True)
 class Task:
-    role: str  # classifier | segmenter | baseline
+    role: str  # classifier | segmenter | baseline | saliency (training/saliency/task.py, fusion_train.py)
 
     @property
     def metric(self) -> str:
-        return "auc" if self.role == "classifier" else "dice_per_image"
+        return "auc" if self.role in ("classifier", "saliency") else "dice_per_image"
 
     @property
     def positives_only(self) -> bool:

@@ -64,14 +64,6 @@ class FusionTask(Task):
 
     role: str = "saliency"
 
-    @property
-    def metric(self) -> str:
-        return "auc"
-
-    @property
-    def positives_only(self) -> bool:
-        return False
-
     def encoder(self, model: nn.Module) -> nn.Module:
         assert isinstance(model, DualEncoderNet)
         return model.frozen()

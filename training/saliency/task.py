@@ -124,14 +124,6 @@ class SaliencyTask(Task):
 
     role: str = "saliency"
 
-    @property
-    def metric(self) -> str:
-        return "auc"
-
-    @property
-    def positives_only(self) -> bool:
-        return False
-
     def encoder(self, model: nn.Module) -> nn.Module:
         assert isinstance(model, SaliencyNet)
         return model.encoder
