@@ -22,11 +22,16 @@ gradients, whatever mode the model is put in.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.models import CamClassifier, SaliencyNet
+from training.models import ArchSpec, CamClassifier, SaliencyNet, build_model
+
+if TYPE_CHECKING:
+    from training.run_format import RunCard
 
 
 class FusionHead(nn.Module):
@@ -100,3 +105,14 @@ class DualEncoderNet(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         maps, logit, _ = self.forward_all(x)
         return maps, logit
+
+
+def build_dual(card: RunCard) -> DualEncoderNet:
+    """The fused network (random weights) a dual-encoder run's card describes
+    (``provenance.dual_encoder``: the classifier's architecture and the head's size)."""
+    dual = card.provenance["dual_encoder"]
+    classifier = build_model(ArchSpec.from_dict(dual["classifier_arch"]))
+    saliency = build_model(card.arch)
+    if not isinstance(classifier, CamClassifier) or not isinstance(saliency, SaliencyNet):
+        raise ValueError("the dual-encoder record names a classifier and a saliency network of other kinds")
+    return DualEncoderNet(classifier, saliency, int(dual["hidden"]))

@@ -106,7 +106,7 @@ def build_network(card: RunCard) -> nn.Module:
     for a dual-encoder saliency run (``provenance.dual_encoder``), the fused network of
     :mod:`training.fusion`. ValueError naming a bad architecture."""
     if card.role == "saliency" and "dual_encoder" in card.provenance:
-        from training.saliency.fusion_train import build_dual
+        from training.fusion import build_dual
 
         try:
             return build_dual(card)

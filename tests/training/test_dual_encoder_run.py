@@ -166,7 +166,8 @@ def test_the_stage_by_stage_bench_reads_each_stage_of_a_run(
 
     out = tmp_path / "bench"
     argv = ["--runs", str(runs["saliency"]), "--test", str(synth_data), "--out", str(out)]
-    assert dual_runs.main([*argv, "--bootstrap", "20", "--cache", str(cache_dir)]) == 0
+    control = ["--control", str(runs["saliency"])]  # the run as its own control: differences exactly 0
+    assert dual_runs.main([*argv, *control, "--bootstrap", "20", "--cache", str(cache_dir)]) == 0
     result = json.loads((out / "results.json").read_text())
     preds = np.load(out / "predictions.npz")
     card = read_run_card(runs["classifier"])
@@ -181,5 +182,7 @@ def test_the_stage_by_stage_bench_reads_each_stage_of_a_run(
     assert not np.allclose(preds["fused"][0], own)
     y = preds["label"] > 0
     assert result["fused"]["seeds"] == pytest.approx([metrics.roc_auc(preds["fused"][0], y)])
+    assert result["unet_head-control_unet_head"] == {"mean": 0.0, "ci": [0.0, 0.0]}
+    assert result["fused-control_fused"]["mean"] == 0.0
     free = result["drain_free"]
     assert free["positives"] + free["negatives"] == int((~preds["drain"]).sum())

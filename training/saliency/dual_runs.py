@@ -11,7 +11,13 @@ images (the same resamples for every arm, so ``fused − classifier`` and ``fuse
 the seeds' AUCs, and the drain confound on the same images: the AUC of the drain alone (metadata
 ``drain``) and each arm's AUC among the images without a drain.
 
-``python -m training.saliency.dual_runs --runs RUN [RUN ...] --test DIR --out OUT [--cache DIR]``
+With ``--control RUN ...`` (the same design trained without the map loss, ``--cls-weight 1``) also the
+control's U-Net head and fused head, and the paired differences ``unet_head − control_unet_head`` (does
+the map loss make the U-Net classify better: seed 001's claim, like for like) and ``fused −
+control_fused`` (is the fused head's gain the reading heatmap's).
+
+``python -m training.saliency.dual_runs --runs RUN [RUN ...] --test DIR --out OUT [--control RUN ...]
+[--cache DIR]``
 (writes ``models.csv``, ``predictions.npz``, ``results.json``, ``results.md``).
 """
 
@@ -42,6 +48,13 @@ from triage.cascade.preprocess import normalise
 from triage.synth.dataset import read_metadata
 
 ARMS = ("classifier", "unet_head", "fused")
+CONTROL_ARMS = ("control_unet_head", "control_fused")
+PAIRS = (
+    ("fused", "classifier"),
+    ("fused", "unet_head"),
+    ("unet_head", "control_unet_head"),
+    ("fused", "control_fused"),
+)
 
 
 @torch.no_grad()
@@ -81,9 +94,10 @@ def summarise(probs: dict[str, np.ndarray], y: np.ndarray, drain: np.ndarray, b:
     for k, v in boot.items():
         out[k] = {"mean": float(v[0]), "ci": _ci(v[1:]),
                   "seeds": [float(metrics.roc_auc(p, y > 0)) for p in probs[k]]}  # fmt: skip
-    for other in ("classifier", "unet_head"):
-        d = boot["fused"] - boot[other]
-        out[f"fused-{other}"] = {"mean": float(d[0]), "ci": _ci(d[1:])}
+    for a, b_ in PAIRS:
+        if a in boot and b_ in boot:
+            d = boot[a] - boot[b_]
+            out[f"{a}-{b_}"] = {"mean": float(d[0]), "ci": _ci(d[1:])}
     free = ~drain
     out["drain_alone_auc"] = float(metrics.roc_auc(drain.astype(float), y > 0))
     out["drain_free"] = {
@@ -100,12 +114,16 @@ def markdown(result: dict[str, Any]) -> str:
         "| --- | ---: | --- | ---: |",
     ]
     free = result["drain_free"]
-    for k in ARMS:
+    for k in (*ARMS, *CONTROL_ARMS):
+        if k not in result:
+            continue
         a = result[k]
         seeds = ", ".join(f"{s:.3f}" for s in a["seeds"])
         ci = f"[{a['ci'][0]:.3f}, {a['ci'][1]:.3f}]"
         lines.append(f"| {k} | {a['mean']:.3f} {ci} | {seeds} | {free[k]:.3f} |")
-    for k in ("fused-classifier", "fused-unet_head"):
+    for k in (f"{a}-{b}" for a, b in PAIRS):
+        if k not in result:
+            continue
         a = result[k]
         lines.append(f"| {k} (paired) | {a['mean']:+.3f} [{a['ci'][0]:+.3f}, {a['ci'][1]:+.3f}] | | |")
     lines.append(
@@ -122,6 +140,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--runs", type=Path, nargs="+", required=True, help="dual-encoder saliency runs")
     ap.add_argument("--test", type=Path, required=True, help="a triage synth folder (held out)")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument(
+        "--control",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="dual-encoder runs of the same design trained without the map loss (--cls-weight 1): their "
+        "U-Net head and fused head become control_unet_head and control_fused, with paired differences",
+    )
     ap.add_argument("--cache", type=Path, default=None)
     ap.add_argument("--bootstrap", type=int, default=1000)
     args = ap.parse_args(argv)
@@ -141,15 +167,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             row[f"auc_{k}"] = round(float(metrics.roc_auc(scores[k], y > 0)), 4)
         rows.append(row)
         print(json.dumps(row), flush=True)
+    for run in args.control:
+        scores = run_scores(run, test["image"])
+        row = {"run": str(run), "control": 1}
+        for k in ("unet_head", "fused"):
+            probs.setdefault(f"control_{k}", []).append(scores[k])
+            row[f"auc_{k}"] = round(float(metrics.roc_auc(scores[k], y > 0)), 4)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
     stacked = {k: np.stack(v) for k, v in probs.items()}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         result = summarise(stacked, y, drain, args.bootstrap)
     result["runs"] = [str(r) for r in args.runs]
+    result["control_runs"] = [str(r) for r in args.control]
     result["test"] = {"folder": str(args.test), "images": len(y), "positives": int((y > 0).sum())}
     args.out.mkdir(parents=True, exist_ok=True)
     with (args.out / "models.csv").open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
         writer.writeheader()
         writer.writerows(rows)
     np.savez_compressed(args.out / "predictions.npz", label=y, drain=drain, **stacked)

@@ -205,15 +205,3 @@ def provenance(
         },
         "validation_may_be_optimistic": overlap,
     }
-
-
-def build_dual(card: RunCard) -> DualEncoderNet:
-    """The fused network (random weights) a dual-encoder run's card describes."""
-    from training.models import ArchSpec
-
-    dual = card.provenance["dual_encoder"]
-    classifier = build_model(ArchSpec.from_dict(dual["classifier_arch"]))
-    saliency = build_model(card.arch)
-    if not isinstance(classifier, CamClassifier) or not isinstance(saliency, SaliencyNet):
-        raise ValueError("the dual-encoder record names a classifier and a saliency network of other kinds")
-    return DualEncoderNet(classifier, saliency, int(dual["hidden"]))
