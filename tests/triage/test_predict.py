@@ -238,6 +238,10 @@ def test_resume_skips_finished_inputs_and_a_rerun_without_it_is_refused(
     args = [str(batch.root / "synth" / "dicom-images-train"), str(batch.root / "bad")]
     summary = Predictor(batch.bundle, options).run(args, out)
     assert summary.skipped == 120 and len(summary.records) == len(lines) - 120
+    earlier = sum(json.loads(line)["status"] == "error" for line in lines[:120])
+    assert summary.failed_before == earlier and summary.failed_in_batch == sum(
+        r["status"] == "error" for r in _records(out)
+    )
     inputs = Counter(str(r["input"]) for r in _records(out))
     assert len(inputs) == len(lines) and set(inputs.values()) == {1}
     assert len(read_results(out)) == len(lines)
@@ -246,6 +250,18 @@ def test_resume_skips_finished_inputs_and_a_rerun_without_it_is_refused(
          "--out", str(out)], capture_output=True, text=True, check=False,
     )
     assert refused.returncode == 2 and "--resume" in refused.stderr
+
+
+def test_a_resumed_batch_exits_1_for_inputs_that_failed_before_the_interruption(
+    batch: Batch, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(batch.out, out)
+    assert any(r["status"] == "error" for r in _records(out))
+    args = [str(batch.root / "synth" / "dicom-images-train"), str(batch.root / "bad")]
+    done = _cli("predict", *args, "--model", str(batch.bundle.root), "--out", str(out), "--resume")
+    assert done.returncode == 1, done.stdout  # nothing left to run, but the batch has failed inputs
+    assert "failed in earlier runs of this batch" in done.stdout
 
 
 def test_a_crash_inside_one_file_does_not_end_the_batch(batch: Batch, tmp_path: Path,

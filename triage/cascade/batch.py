@@ -34,15 +34,24 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Summary:
-    """What a batch did: its records (in results.jsonl order), inputs skipped by ``resume``, and seconds."""
+    """What a batch did: its records (in results.jsonl order), inputs skipped by ``resume``, and seconds;
+    ``failed_before``: error records that earlier, interrupted runs of the batch wrote for the skipped
+    inputs (they count towards the exit status: the batch as a whole has failed inputs)."""
 
     records: list[ResultRecord]
     skipped: int
     seconds: float
+    failed_before: int = 0
 
     @property
     def failed(self) -> int:
+        """Failed inputs of this run."""
         return sum(r.status == "error" for r in self.records)
+
+    @property
+    def failed_in_batch(self) -> int:
+        """Failed inputs of the whole batch (this run and the runs ``--resume`` continued)."""
+        return self.failed + self.failed_before
 
 
 @dataclass(frozen=True)
@@ -113,6 +122,7 @@ class BatchRecorder:
         self.on_record = on_record
         self.records: list[ResultRecord] = []
         self.duplicates = 0
+        self._failed_before = 0  # set on leaving the context, from results.jsonl
         self._seen = set(plan.done)
         self._writer = ResultsWriter(out)
         self._start = time.perf_counter()
@@ -140,7 +150,11 @@ class BatchRecorder:
         self._writer.__exit__(exc_type, exc, tb)
         if exc_type is None:
             _remove_partial_writes(self.out)
-            write_worklist(self.out, read_results(self.out))
+            everything = read_results(self.out)
+            write_worklist(self.out, everything)
+            mine = {r.key for r in self.records}
+            self._failed_before = sum(r.status == "error" and r.key not in mine for r in everything)
 
     def summary(self) -> Summary:
-        return Summary(self.records, self.plan.skipped, time.perf_counter() - self._start)
+        seconds = time.perf_counter() - self._start
+        return Summary(self.records, self.plan.skipped, seconds, self._failed_before)

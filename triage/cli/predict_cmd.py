@@ -36,6 +36,8 @@ def _summary_table(summary: Summary, out: Path) -> Table:
         table.add_row(f"  {code}", str(n))
     if summary.skipped:
         table.add_row("skipped (already done, --resume)", str(summary.skipped))
+    if summary.failed_before:
+        table.add_row("failed in earlier runs of this batch", str(summary.failed_before))
     rate = len(summary.records) / summary.seconds if summary.seconds > 0 else 0.0
     table.add_row("time", f"{summary.seconds:.1f} s ({rate:.1f} images/s)")
     table.add_row("results", str(out / "results.jsonl"))
@@ -99,7 +101,7 @@ def _run_ray(source: BatchSource, model: Path, out: Path, options: PredictOption
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(1 if summary.failed else 0)
+    os._exit(1 if summary.failed_in_batch else 0)
 
 
 def run_predict(source: BatchSource, model: Path, out: Path, options: PredictOptions) -> int:
@@ -143,7 +145,7 @@ def run_predict(source: BatchSource, model: Path, out: Path, options: PredictOpt
             typer.echo(f"triage predict: error: {exc.code.value}: {exc.message}", err=True)
             return 2
     Console().print(_summary_table(summary, out))
-    return 1 if summary.failed else 0
+    return 1 if summary.failed_in_batch else 0
 
 
 def run_merge(parts: list[Path], out: Path) -> int:
