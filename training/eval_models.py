@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
 from training.engine import pick_device
 from training.models import (
@@ -22,7 +21,7 @@ from training.models import (
     SegmenterForExport,
     saliency_for_export,
 )
-from training.run_format import RunCard, build_network, read_run_card
+from training.run_format import RunCard, load_network, read_run_card
 from training.torch_backend import TorchModel
 from triage.bundle import Bundle, ModelSpec, Normalization, Thresholds
 from triage.cascade.models import CascadeModels
@@ -60,12 +59,7 @@ class TorchCascadeModels(CascadeModels):
 
 
 def _load(run: Path, card: RunCard, device: torch.device) -> torch.nn.Module:
-    model = build_network(card)
-    path = run / card.checkpoint
-    if not path.is_file():
-        raise ValueError(f"{run}: the checkpoint {card.checkpoint} named by model.json is missing")
-    model.load_state_dict(load_file(str(path)))
-    return model.to(device).eval()
+    return load_network(run, card).to(device)
 
 
 def from_runs(runs: list[Path], device: str = "auto") -> Cascade:

@@ -91,19 +91,24 @@ class DualEncoderNet(nn.Module):
         self.frozen().eval()
         return self
 
-    def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(map logits, fused logit, the classifier's own logit) — the last for the comparison."""
+    def forward_all(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(map logits, fused logit, the classifier's own logit, the U-Net's own head logit) — the last
+        two, from the same pass, for comparisons."""
         with torch.no_grad():
             a = self.classifier.features(x)
             net = self.saliency.net
             net.check_input_shape(x)
-            decoded = net.decoder(net.encoder(x))
+            features = net.encoder(x)
+            decoded = net.decoder(features)
             maps = net.segmentation_head(decoded)
             own = self.classifier.logit_from_features(a)
-        return maps, self.head(a, decoded), own
+            unet_own = net.classification_head(features[-1])
+        return maps, self.head(a, decoded), own, unet_own
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        maps, logit, _ = self.forward_all(x)
+        maps, logit, _, _ = self.forward_all(x)
         return maps, logit
 
 

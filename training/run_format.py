@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from safetensors.torch import load_file
 from torch import nn
 
 from training.models import ArchSpec, build_model
@@ -113,3 +114,14 @@ def build_network(card: RunCard) -> nn.Module:
         except (KeyError, TypeError) as exc:
             raise ValueError(f"the run card's dual_encoder record is incomplete ({exc})") from exc
     return build_model(card.arch)
+
+
+def load_network(run: Path, card: RunCard) -> nn.Module:
+    """:func:`build_network` with the checkpoint the card names loaded (strict), in eval mode on the CPU;
+    ValueError when the checkpoint is missing, RuntimeError when it does not fit the architecture."""
+    model = build_network(card)
+    path = Path(run) / card.checkpoint
+    if not path.is_file():
+        raise ValueError(f"{run}: the checkpoint {card.checkpoint} named by model.json is missing")
+    model.load_state_dict(load_file(str(path)))
+    return model.eval()

@@ -3,7 +3,8 @@
 For each run (one per seed), on a held-out synthetic set, P(pneumothorax) of:
 
 * ``classifier``: stage 1, the classifier run the fused model was built on (its own head);
-* ``unet_head``: stage 2, the saliency U-Net's own classification head (``RUN/best.safetensors``);
+* ``unet_head``: stage 2, the saliency U-Net's own classification head (the fused checkpoint holds the
+  stage-2 weights unchanged);
 * ``fused``: stage 3, the fused head — what ``triage predict`` reports as ``saliency_probability``.
 
 Reported: the runs' mean AUC per arm with a 95 % interval from class-stratified resamples of the test
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import json
 import warnings
 from collections.abc import Sequence
@@ -34,13 +34,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
 from training.config import read_config
 from training.data import model_spec
 from training.fusion import DualEncoderNet
-from training.models import SaliencyNet
-from training.run_format import build_network, read_run_card
+from training.run_format import load_network, read_run_card
 from training.saliency.corruption_arms import bootstrap_aucs, resamples
 from training.saliency.unet_bench import load_test
 from triage import metrics
@@ -63,22 +61,16 @@ def run_scores(run: Path, images: np.ndarray) -> dict[str, np.ndarray]:
     card = read_run_card(run)
     if "dual_encoder" not in card.provenance:
         raise ValueError(f"{run} is not a dual-encoder run (triage train saliency --dual-encoder)")
-    fused = build_network(card)
+    fused = load_network(run, card)  # its saliency.* tensors are stage 2's best.safetensors
     assert isinstance(fused, DualEncoderNet)
-    fused.load_state_dict(load_file(str(run / card.checkpoint)))
-    unet = build_network(dataclasses.replace(card, provenance={}))
-    assert isinstance(unet, SaliencyNet)
-    unet.load_state_dict(load_file(str(run / "best.safetensors")))
-    fused.eval()
-    unet.eval()
     spec = model_spec(read_config(run / "config.yaml"))
     out: dict[str, list[np.ndarray]] = {k: [] for k in ARMS}
     for s in range(0, len(images), 32):
         x = torch.from_numpy(np.stack([normalise(im, spec) for im in images[s : s + 32]]))
-        _, logit, own = fused.forward_all(x)
+        _, logit, own, unet_own = fused.forward_all(x)
         out["fused"].append(torch.sigmoid(logit[:, 0]).numpy())
         out["classifier"].append(torch.sigmoid(own[:, 0]).numpy())
-        out["unet_head"].append(torch.sigmoid(unet(x)[1][:, 0]).numpy())
+        out["unet_head"].append(torch.sigmoid(unet_own[:, 0]).numpy())
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
@@ -158,20 +150,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     drains = {r["image_id"]: r["drain"] == "1" for r in read_metadata(args.test)}
     drain = np.array([drains[i] for i in test["ids"]], bool)
     rows: list[dict[str, Any]] = []
-    probs: dict[str, list[np.ndarray]] = {k: [] for k in ARMS}
-    for run in args.runs:
+    probs: dict[str, list[np.ndarray]] = {}
+    jobs: list[tuple[Path, tuple[str, ...], str]] = [(run, ARMS, "") for run in args.runs]
+    jobs += [(run, ("unet_head", "fused"), "control_") for run in args.control]
+    for run, arms, prefix in jobs:
         scores = run_scores(run, test["image"])
-        row: dict[str, Any] = {"run": str(run)}
-        for k in ARMS:
-            probs[k].append(scores[k])
-            row[f"auc_{k}"] = round(float(metrics.roc_auc(scores[k], y > 0)), 4)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    for run in args.control:
-        scores = run_scores(run, test["image"])
-        row = {"run": str(run), "control": 1}
-        for k in ("unet_head", "fused"):
-            probs.setdefault(f"control_{k}", []).append(scores[k])
+        row: dict[str, Any] = {"run": str(run), **({"control": 1} if prefix else {})}
+        for k in arms:
+            probs.setdefault(prefix + k, []).append(scores[k])
             row[f"auc_{k}"] = round(float(metrics.roc_auc(scores[k], y > 0)), 4)
         rows.append(row)
         print(json.dumps(row), flush=True)

@@ -32,9 +32,9 @@ from training.config import TrainConfig
 from training.engine import FitResult, Trainer
 from training.fusion import DualEncoderNet
 from training.losses import Batch, Outputs
-from training.models import CamClassifier, SaliencyNet, build_model
+from training.models import CamClassifier, SaliencyNet
 from training.run import DATA_JSON
-from training.run_format import RunCard, read_run_card
+from training.run_format import RunCard, load_network, read_run_card
 from training.tasks import Task
 from triage import metrics
 
@@ -70,7 +70,7 @@ class FusionTask(Task):
 
     def forward(self, model: nn.Module, batch: Batch) -> Outputs:
         assert isinstance(model, DualEncoderNet)
-        _, logit, own = model.forward_all(batch["image"])
+        _, logit, own, _ = model.forward_all(batch["image"])
         return {"logit": logit, "own": own}
 
     def loss_inputs(self, outputs: Outputs, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,19 +123,13 @@ def load_classifier(path: Path, config: TrainConfig) -> tuple[CamClassifier, Run
             f"--dual-encoder {path}: the classifier reads images with {k} {theirs[k]}, the saliency run with "
             f"{ours[k]}; the fused model has one input: train the saliency run with --set '{hint}={value}'"
         )
-    ckpt = path / card.checkpoint
-    if not ckpt.is_file():
-        raise ValueError(f"--dual-encoder {path}: no checkpoint {card.checkpoint}; has the run finished?")
-    model = build_model(card.arch)
+    try:
+        model = load_network(path, card)
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise ValueError(f"--dual-encoder {path}: {exc}") from exc
     if not isinstance(model, CamClassifier):
         raise ValueError(f"--dual-encoder {path}: the run's network is not a CAM classifier")
-    try:
-        model.load_state_dict(load_file(str(ckpt)), strict=True)
-    except (RuntimeError, OSError) as exc:
-        raise ValueError(
-            f"--dual-encoder {path}: {ckpt.name} does not fit the run's architecture ({exc})"
-        ) from exc
-    return model.eval(), card
+    return model, card
 
 
 def data_overlap(classifier_run: Path, val_ids: list[str]) -> str | None:
@@ -168,9 +162,7 @@ def train_fusion(
 ) -> tuple[DualEncoderNet, FitResult, TrainConfig]:
     """Train the head into ``run``/fusion; the fused model with its selected weights loaded."""
     train_set, train_rows, val_set, val_rows = datasets
-    cfg = dataclasses.replace(
-        config, epochs=stage.epochs, freeze_epochs=0, extra_losses=(), select=config.select
-    )
+    cfg = dataclasses.replace(config, epochs=stage.epochs, freeze_epochs=0, extra_losses=())
     torch.manual_seed(cfg.seed)
     model = DualEncoderNet(classifier, saliency.eval(), stage.hidden)
     folder = run / FOLDER

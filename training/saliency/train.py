@@ -99,7 +99,7 @@ def train_saliency(
         raise DataError(f"{run} holds a finished run; choose another --out")
     if run.exists() and any(run.iterdir()) and not req.resume:
         raise DataError(f"{run} is not empty; pass --resume to continue that run, or choose another --out")
-    classifier = fusion_train.load_classifier(dual.classifier_run, config) if dual is not None else None
+    stage1 = fusion_train.load_classifier(dual.classifier_run, config) if dual is not None else None
     prep = prepare_for(config, req)
     check_problems(prep, req, run)
     fold = None if req.fold == "full" else int(req.fold)
@@ -138,16 +138,17 @@ def train_saliency(
     checkpoint = "best.safetensors" if config.select == "best" else "last.safetensors"
     model.load_state_dict(load_file(str(run / checkpoint)))
     fused = None
-    if dual is not None and classifier is not None:
+    if dual is not None and stage1 is not None:
+        cls_model, cls_card = stage1
         assert isinstance(model, SaliencyNet)
         overlap = fusion_train.data_overlap(dual.classifier_run, [g.ids[i] for i in sp.val])
         if overlap:
             logger.warning("--dual-encoder: %s; the fused validation AUC may be optimistic", overlap)
         sets = (train_set, list(sp.train), val_set, list(sp.val))
         _, fit3, cfg3 = fusion_train.train_fusion(
-            config, dual, model, classifier[0], sets, run, resume=req.resume, progress=req.progress
+            config, dual, model, cls_model, sets, run, resume=req.resume, progress=req.progress
         )
-        fused = fusion_train.provenance(dual, classifier[1], fit3, cfg3, overlap)
+        fused = fusion_train.provenance(dual, cls_card, fit3, cfg3, overlap)
         checkpoint = f"{fusion_train.FOLDER}/{checkpoint}"
     provenance = {
         "data": str(req.data.resolve()),
